@@ -1,0 +1,1 @@
+"""PerceptGuide ultrasound bundle: prompt-guided segmentation and classification (MONAI bundle)."""
