@@ -1,0 +1,328 @@
+"""PerceptGuide: a 2D Swin-Unet with a segmentation and a classification decoder, prompt-guided.
+
+Lin et al., "An orchestration learning framework for ultrasound imaging: prompt-guided
+hyper-perception and attention-matching downstream synchronization", MedIA 2025.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import torch
+import torch.nn.functional as F
+from monai.networks.layers import trunc_normal_
+from monai.networks.nets.swin_unetr import PatchMergingV2
+from torch import nn
+
+from bundle.networks.swin_blocks import ChannelHalving, PatchEmbedding, PatchExpanding, SwinStage
+from bundle.prompts import DEFAULT_VOCABULARY, PROMPT_KEYS
+
+__all__ = ["PerceptGuide"]
+
+
+def _drop_path_rates(depths: Sequence[int], rate: float) -> list[list[float]]:
+    """Stochastic depth rising linearly over all blocks of ``depths``, split per stage."""
+    rates = torch.linspace(0, rate, sum(depths)).tolist()
+    starts = [sum(depths[:i]) for i in range(len(depths))]
+    return [rates[start : start + depth] for start, depth in zip(starts, depths)]
+
+
+class SegmentationDecoder(nn.Module):
+    """Swin-Unet decoder: patch expanding per stage, skip concat + Linear, prompted blocks, ×4 head.
+
+    Args:
+        embed_dim: C, the width of the first encoder stage.
+        depths: decoder depth per level, indexed like the encoder stages (level 0 = finest).
+        num_heads: heads per level.
+        drop_path: stochastic depth rates per level.
+        seg_classes: output channels.
+        patch_size: the final expansion factor (back to the input resolution).
+        stage_kwargs: :class:`SwinStage` arguments shared by all stages.
+    """
+
+    def __init__(
+        self,
+        embed_dim: int,
+        depths: Sequence[int],
+        num_heads: Sequence[int],
+        drop_path: Sequence[Sequence[float]],
+        seg_classes: int,
+        patch_size: int,
+        **stage_kwargs,
+    ) -> None:
+        super().__init__()
+        levels = len(depths)
+        bottleneck_dim = embed_dim * 2 ** (levels - 1)
+        self.expand_bottleneck = PatchExpanding(bottleneck_dim, bottleneck_dim // 2)
+        self.fuse = nn.ModuleList()
+        self.stages = nn.ModuleList()
+        for level in reversed(range(levels - 1)):
+            dim = embed_dim * 2**level
+            self.fuse.append(nn.Linear(2 * dim, dim))
+            self.stages.append(
+                SwinStage(
+                    dim,
+                    depths[level],
+                    num_heads[level],
+                    drop_path=drop_path[level],
+                    resample=PatchExpanding(dim, dim // 2) if level > 0 else None,
+                    **stage_kwargs,
+                )
+            )
+        self.norm = nn.LayerNorm(embed_dim)
+        self.final_expand = PatchExpanding(embed_dim, embed_dim, scale=patch_size)
+        self.out = nn.Conv2d(embed_dim, seg_classes, kernel_size=1, bias=False)
+
+    def forward(
+        self, bottleneck: torch.Tensor, skips: Sequence[torch.Tensor], prompts: Mapping[str, torch.Tensor] | None
+    ) -> torch.Tensor:
+        """
+        Args:
+            bottleneck: (B, h, w, 2^(L-1)·C) normalised encoder output.
+            skips: encoder stage inputs, finest first: (B, 2^(L-1-i)·h, …, 2^i·C).
+            prompts: one-hot prompts {key: (B, n_k)} or None.
+
+        Returns:
+            seg logits (B, seg_classes, patch·2^(L-1)·h, patch·2^(L-1)·w).
+        """
+        x = self.expand_bottleneck(bottleneck)
+        for fuse, stage, skip in zip(self.fuse, self.stages, reversed(skips[:-1])):
+            x = stage(fuse(torch.cat([x, skip], dim=-1)), prompts)
+        x = self.final_expand(self.norm(x))
+        return self.out(x.permute(0, 3, 1, 2))
+
+
+class ClassificationDecoder(nn.Module):
+    """Classification decoder: stages at the bottleneck resolution fed by average-pooled skips.
+
+    Args:
+        embed_dim: C.
+        depths: decoder depth per level (level 0 = finest); levels L-1 … 1 are used.
+        num_heads: heads per level.
+        drop_path: stochastic depth rates per level.
+        cls_classes: output classes.
+        stage_kwargs: :class:`SwinStage` arguments shared by all stages.
+    """
+
+    def __init__(
+        self,
+        embed_dim: int,
+        depths: Sequence[int],
+        num_heads: Sequence[int],
+        drop_path: Sequence[Sequence[float]],
+        cls_classes: int,
+        **stage_kwargs,
+    ) -> None:
+        super().__init__()
+        levels = len(depths)
+        self.fuse = nn.ModuleList()
+        self.stages = nn.ModuleList()
+        for level in reversed(range(1, levels)):
+            dim = embed_dim * 2**level
+            # the pooled skip entering this stage has half its width
+            self.fuse.append(nn.Linear(dim + dim // 2, dim))
+            self.stages.append(
+                SwinStage(
+                    dim,
+                    depths[level],
+                    num_heads[level],
+                    drop_path=drop_path[level],
+                    resample=ChannelHalving(dim) if level > 1 else None,
+                    **stage_kwargs,
+                )
+            )
+        self.norm = nn.LayerNorm(2 * embed_dim)
+        self.head = nn.Linear(2 * embed_dim, cls_classes)
+
+    def forward(
+        self, bottleneck: torch.Tensor, skips: Sequence[torch.Tensor], prompts: Mapping[str, torch.Tensor] | None
+    ) -> torch.Tensor:
+        """Same inputs as :meth:`SegmentationDecoder.forward`; returns cls logits (B, cls_classes)."""
+        x = bottleneck
+        size = bottleneck.shape[1:3]
+        for fuse, stage, skip in zip(self.fuse, self.stages, reversed(skips[:-1])):
+            pooled = F.adaptive_avg_pool2d(skip.permute(0, 3, 1, 2), size).permute(0, 2, 3, 1)
+            x = stage(fuse(torch.cat([x, pooled], dim=-1)), prompts)
+        return self.head(self.norm(x).mean(dim=(1, 2)))
+
+
+class PerceptGuide(nn.Module):
+    """PerceptGuide network: Swin encoder, prompted segmentation and classification decoders.
+
+    Args:
+        img_size: nominal (training) input side; inputs of any size are accepted and padded
+            internally to a multiple of ``patch_size · window_size · 2^(stages-1)``.
+        in_channels: image channels.
+        embed_dim: C, width of the first stage (96 in the paper).
+        encoder_depths: Swin blocks per encoder stage.
+        decoder_depths: Swin blocks per decoder level (level 0 = finest), shared by both decoders.
+        num_heads: attention heads per level.
+        window_size: attention window side.
+        mlp_ratio: MLP hidden width / C.
+        seg_classes: segmentation output channels.
+        cls_classes: classification outputs.
+        prompt: build the four prompt projections and hyper vectors in every decoder block.
+        prompt_sizes: one-hot length per prompt key; defaults to the official vocabularies
+            (position 11, task 2, mode 3, type 2). Grow ``position`` to add organs.
+        patch_size: patch embedding stride.
+        qkv_bias: bias in the qkv projections.
+        drop_rate: dropout after attention projections and in MLPs.
+        attn_drop_rate: dropout on attention weights.
+        drop_path_rate: maximum stochastic depth rate (0.2 for paper training).
+        attention_impl: ``"fast"`` or ``"reference"`` (explicit official attention math).
+        official_batch_prompt_bug: reproduce the official batch prompt mixing (window i gets the
+            prompts of sample i % B); only for parity with official results.
+        use_checkpoint: activation checkpointing per Swin block (less memory, slower training).
+
+    Example::
+
+        net = PerceptGuide(embed_dim=24)
+        prompts = DEFAULT_VOCABULARY.encode({"position": "breast", "task": "segmentation",
+                                             "mode": "whole", "type": "tumor"})
+        seg, cls = net(torch.rand(1, 3, 224, 224), prompts)  # (1, 2, 224, 224), (1, 2)
+    """
+
+    def __init__(
+        self,
+        img_size: int = 224,
+        in_channels: int = 3,
+        embed_dim: int = 96,
+        encoder_depths: Sequence[int] = (4, 4, 4, 4),
+        decoder_depths: Sequence[int] = (2, 2, 2, 2),
+        num_heads: Sequence[int] = (3, 6, 12, 24),
+        window_size: int = 7,
+        mlp_ratio: float = 4.0,
+        seg_classes: int = 2,
+        cls_classes: int = 2,
+        prompt: bool = True,
+        prompt_sizes: Mapping[str, int] | None = None,
+        patch_size: int = 4,
+        qkv_bias: bool = True,
+        drop_rate: float = 0.0,
+        attn_drop_rate: float = 0.0,
+        drop_path_rate: float = 0.0,
+        attention_impl: str = "fast",
+        official_batch_prompt_bug: bool = False,
+        use_checkpoint: bool = False,
+    ) -> None:
+        super().__init__()
+        levels = len(encoder_depths)
+        if levels < 2 or not len(decoder_depths) == len(num_heads) == levels:
+            raise ValueError(
+                "encoder_depths, decoder_depths and num_heads need one entry per stage (at least 2), got "
+                f"{list(encoder_depths)}, {list(decoder_depths)}, {list(num_heads)}."
+            )
+        for level, heads in enumerate(num_heads):
+            if (embed_dim * 2**level) % heads:
+                raise ValueError(f"stage {level} width {embed_dim * 2**level} is not divisible by {heads} heads.")
+        if seg_classes < 1 or cls_classes < 1:
+            raise ValueError(f"seg_classes and cls_classes must be >= 1, got {seg_classes} and {cls_classes}.")
+        sizes = dict(DEFAULT_VOCABULARY.sizes if prompt_sizes is None else prompt_sizes)
+        if prompt and sorted(sizes) != sorted(PROMPT_KEYS):
+            raise ValueError(f"prompt_sizes needs exactly the keys {list(PROMPT_KEYS)}, got {sorted(sizes)}.")
+        self.img_size = img_size
+        self.in_channels = in_channels
+        self.prompt = prompt
+        self.prompt_sizes = sizes if prompt else {}
+        self.pad_multiple = patch_size * window_size * 2 ** (levels - 1)
+
+        common = {
+            "window_size": window_size,
+            "mlp_ratio": mlp_ratio,
+            "qkv_bias": qkv_bias,
+            "drop": drop_rate,
+            "attn_drop": attn_drop_rate,
+            "attention_impl": attention_impl,
+            "use_checkpoint": use_checkpoint,
+        }
+        self.patch_embed = PatchEmbedding(patch_size, in_channels, embed_dim)
+        self.pos_drop = nn.Dropout(drop_rate)
+        encoder_rates = _drop_path_rates(encoder_depths, drop_path_rate)
+        self.encoder = nn.ModuleList(
+            SwinStage(
+                embed_dim * 2**level,
+                encoder_depths[level],
+                num_heads[level],
+                drop_path=encoder_rates[level],
+                resample=PatchMergingV2(embed_dim * 2**level, spatial_dims=2) if level < levels - 1 else None,
+                **common,
+            )
+            for level in range(levels)
+        )
+        self.encoder_norm = nn.LayerNorm(embed_dim * 2 ** (levels - 1))
+
+        decoder_common = dict(
+            common,
+            prompt_sizes=self.prompt_sizes or None,
+            official_batch_prompt_bug=official_batch_prompt_bug,
+        )
+        decoder_rates = _drop_path_rates(decoder_depths, drop_path_rate)
+        self.seg_decoder = SegmentationDecoder(
+            embed_dim, decoder_depths, num_heads, decoder_rates, seg_classes, patch_size, **decoder_common
+        )
+        self.cls_decoder = ClassificationDecoder(
+            embed_dim, decoder_depths, num_heads, decoder_rates, cls_classes, **decoder_common
+        )
+        self.apply(self._init_weights)
+
+    @staticmethod
+    def _init_weights(module: nn.Module) -> None:
+        """Official init: truncated normal Linear weights, zero biases, unit LayerNorms."""
+        if isinstance(module, nn.Linear):
+            trunc_normal_(module.weight, std=0.02)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.LayerNorm):
+            nn.init.ones_(module.weight)
+            nn.init.zeros_(module.bias)
+
+    def _check_prompts(self, prompts: Mapping[str, torch.Tensor] | None, batch: int) -> dict[str, torch.Tensor] | None:
+        """Validate prompts and broadcast 1-D (n_k,) vectors to (B, n_k)."""
+        if not self.prompt:
+            return None
+        if not isinstance(prompts, Mapping):
+            raise ValueError(f"prompts must be a dict with keys {list(PROMPT_KEYS)} of one-hot tensors (B, n).")
+        checked = {}
+        for key, size in self.prompt_sizes.items():
+            if key not in prompts:
+                raise ValueError(f"prompt '{key}' is missing; expected keys {list(PROMPT_KEYS)}.")
+            value = prompts[key]
+            if value.dim() == 1:
+                value = value.unsqueeze(0).expand(batch, -1)
+            if value.shape != (batch, size):
+                raise ValueError(f"prompt '{key}' must have shape ({batch}, {size}) or ({size},), got {tuple(value.shape)}.")
+            checked[key] = value
+        return checked
+
+    def forward(
+        self, image: torch.Tensor, prompts: Mapping[str, torch.Tensor] | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """
+        Args:
+            image: (B, in_channels, H, W), any H and W.
+            prompts: one-hot floats ``{"position": (B, 11), "task": (B, 2), "mode": (B, 3),
+                "type": (B, 2)}`` (1-D vectors apply to the whole batch); ignored when
+                ``prompt=False``.
+
+        Returns:
+            seg logits (B, seg_classes, H, W) and cls logits (B, cls_classes).
+        """
+        if image.dim() != 4 or image.shape[1] != self.in_channels:
+            raise ValueError(f"image must have shape (B, {self.in_channels}, H, W), got {tuple(image.shape)}.")
+        batch, _, height, width = image.shape
+        checked = self._check_prompts(prompts, batch)
+        pad_h = -height % self.pad_multiple
+        pad_w = -width % self.pad_multiple
+        if pad_h or pad_w:
+            image = F.pad(image, (0, pad_w, 0, pad_h))
+
+        x = self.pos_drop(self.patch_embed(image))
+        skips = []
+        for stage in self.encoder:
+            skips.append(x)
+            x = stage(x)
+        bottleneck = self.encoder_norm(x)
+
+        seg_logits = self.seg_decoder(bottleneck, skips, checked)
+        cls_logits = self.cls_decoder(bottleneck, skips, checked)
+        return seg_logits[:, :, :height, :width], cls_logits

@@ -1,0 +1,395 @@
+"""2D Swin Transformer pieces for PerceptGuide, with prompt-guided ("hyper-perception") attention.
+
+Feature maps stay channels-last, ``(B, H, W, C)``, from the patch embedding to the last decoder
+stage, so LayerNorm and the Linear layers work on them without permutes. MONAI's Swin helpers
+(``window_partition``, ``window_reverse``, ``compute_mask``, ``PatchMergingV2``, ``MLPBlock``,
+``DropPath``) are reused; what MONAI lacks (the prompted attention, patch expanding, channel
+halving) is written here.
+
+Hyper-perception (PerceptGuide): each prompted block projects the four one-hot prompts to
+``b_k = Linear_k(prompt_k)`` and owns four vectors ``a_k``; the official attention logits are
+``(q * scale) W kᵀ`` with ``W = ⊙_k (a_k ⊗ b_k)`` per head. ``W`` is an elementwise product of
+outer products, hence rank one, ``W = a bᵀ`` with ``a = ⊙ a_k`` and ``b = ⊙ b_k``, so
+``q W kᵀ = (q·a)(k·b)ᵀ``: the fast path never builds the ``head_dim²`` matrix.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from functools import lru_cache
+
+import torch
+import torch.nn.functional as F
+from monai.networks.blocks import MLPBlock
+from monai.networks.layers import DropPath, trunc_normal_
+from monai.networks.nets.swin_unetr import compute_mask, window_partition, window_reverse
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+ATTENTION_IMPLS = ("fast", "reference")
+
+
+def prompt_slot(key: str) -> str:
+    """Module / parameter name of prompt ``key``: ``"type"`` itself would shadow ``nn.Module.type``."""
+    return f"{key}_prompt"
+
+
+@lru_cache(maxsize=64)
+def shifted_window_mask(height: int, width: int, window: int, shift: int, device: torch.device) -> torch.Tensor:
+    """Additive mask (nW, N, N) that stops attention across the wrap-around of a cyclic shift.
+
+    Masked pairs get -100 (MONAI and the official code alike). Cached per resolution and device:
+    it depends on nothing else, and rebuilding it in every block of every forward costs time.
+    """
+    return compute_mask([height, width], (window, window), (shift, shift), device)
+
+
+@lru_cache(maxsize=16)
+def relative_position_index(window: int) -> torch.Tensor:
+    """Index (N, N), N = window², into the ((2·window − 1)², heads) relative position bias table."""
+    coords = torch.stack(torch.meshgrid(torch.arange(window), torch.arange(window), indexing="ij")).flatten(1)
+    relative = (coords[:, :, None] - coords[:, None, :]).permute(1, 2, 0) + (window - 1)
+    return relative[..., 0] * (2 * window - 1) + relative[..., 1]
+
+
+class PromptProjection(nn.ModuleDict):
+    """One ``Linear(n_k, dim)`` per prompt (official ``*_prompt_proj_mlp``), combined by product.
+
+    Args:
+        dim: block width C.
+        prompt_sizes: one-hot length of each prompt, e.g. ``{"position": 11, "task": 2, ...}``.
+    """
+
+    def __init__(self, dim: int, prompt_sizes: Mapping[str, int]) -> None:
+        super().__init__({prompt_slot(key): nn.Linear(size, dim) for key, size in prompt_sizes.items()})
+        self.keys_in_order = tuple(prompt_sizes)
+
+    def forward(self, prompts: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        """Prompts ``{key: (B, n_k)}`` -> combined embedding ``b`` (B, C)."""
+        combined = None
+        for key in self.keys_in_order:
+            embedding = self[prompt_slot(key)](prompts[key])
+            combined = embedding if combined is None else combined * embedding
+        return combined
+
+
+class WindowAttention(nn.Module):
+    """Window multi-head self-attention with relative position bias and optional prompts.
+
+    Args:
+        dim: channels C.
+        num_heads: attention heads; C must divide by it.
+        window_size: side of the square window; N = window_size² tokens per window.
+        qkv_bias: bias in the fused qkv projection.
+        attn_drop: dropout on the attention weights.
+        proj_drop: dropout after the output projection.
+        prompt_keys: names of the prompts whose hyper vectors this block owns; empty for a plain
+            Swin attention.
+        attention_impl: ``"fast"`` (rank-1 prompt term, ``scaled_dot_product_attention``) or
+            ``"reference"`` (explicit ``(q·scale) W kᵀ`` as the official code, for tests and
+            benchmarks).
+        official_batch_prompt_bug: give window i the prompts of sample ``i % B`` as the official
+            code does; only for parity with official checkpoints' reported numbers.
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        num_heads: int,
+        window_size: int,
+        qkv_bias: bool = True,
+        attn_drop: float = 0.0,
+        proj_drop: float = 0.0,
+        prompt_keys: Sequence[str] = (),
+        attention_impl: str = "fast",
+        official_batch_prompt_bug: bool = False,
+    ) -> None:
+        super().__init__()
+        if dim % num_heads != 0:
+            raise ValueError(f"dim {dim} must be divisible by num_heads {num_heads}.")
+        if attention_impl not in ATTENTION_IMPLS:
+            raise ValueError(f"attention_impl must be one of {ATTENTION_IMPLS}, got '{attention_impl}'.")
+        self.num_heads = num_heads
+        self.head_dim = dim // num_heads
+        self.scale = self.head_dim**-0.5
+        self.window_size = window_size
+        self.attention_impl = attention_impl
+        self.official_batch_prompt_bug = official_batch_prompt_bug
+        self.attn_drop = attn_drop
+
+        self.relative_position_bias_table = nn.Parameter(torch.zeros((2 * window_size - 1) ** 2, num_heads))
+        trunc_normal_(self.relative_position_bias_table, std=0.02)
+        self.register_buffer("relative_position_index", relative_position_index(window_size), persistent=False)
+        # Official init: uniform [0, 1) hyper vectors, one per prompt, (heads, head_dim) each.
+        self.hyper = nn.ParameterDict(
+            {prompt_slot(key): nn.Parameter(torch.rand(num_heads, self.head_dim)) for key in prompt_keys}
+        )
+        self.qkv = nn.Linear(dim, 3 * dim, bias=qkv_bias)
+        self.proj = nn.Linear(dim, dim)
+        self.proj_drop = nn.Dropout(proj_drop)
+
+    def _bias(self) -> torch.Tensor:
+        """Relative position bias (heads, N, N)."""
+        n = self.window_size**2
+        return self.relative_position_bias_table[self.relative_position_index.view(-1)].view(n, n, -1).permute(2, 0, 1)
+
+    def _prompt_vectors(self, embedding: torch.Tensor, batch: int, num_windows: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Rank-1 factors of W: a (heads, d) and b per window (B, nW | 1, heads, d)."""
+        a = None
+        for vector in self.hyper.values():
+            a = vector if a is None else a * vector
+        b = embedding.view(batch, 1, self.num_heads, self.head_dim)
+        if self.official_batch_prompt_bug:
+            # Official tiling: windows are batch-major but W was repeated sample-major.
+            window_index = torch.arange(batch * num_windows, device=embedding.device)
+            b = b[window_index % batch].view(batch, num_windows, self.num_heads, self.head_dim)
+        return a, b
+
+    def forward(
+        self,
+        windows: torch.Tensor,
+        batch: int,
+        shift_mask: torch.Tensor | None = None,
+        prompt_embedding: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """
+        Args:
+            windows: (B·nW, N, C) tokens, windows batch-major (MONAI ``window_partition``).
+            batch: B.
+            shift_mask: (nW, N, N) additive mask of a shifted block, or None.
+            prompt_embedding: (B, C) combined prompt embedding ``b``; required iff the block
+                owns hyper vectors.
+
+        Returns:
+            (B·nW, N, C).
+        """
+        total, n, channels = windows.shape
+        num_windows = total // batch
+        qkv = self.qkv(windows).view(batch, num_windows, n, 3, self.num_heads, self.head_dim)
+        q, k, v = qkv.permute(3, 0, 1, 4, 2, 5).unbind(0)  # each (B, nW, heads, N, d)
+
+        additive = self._bias()  # (heads, N, N)
+        if shift_mask is not None:
+            additive = additive + shift_mask.unsqueeze(1)  # (nW, heads, N, N)
+
+        prompted = len(self.hyper) > 0
+        if prompted and prompt_embedding is None:
+            raise ValueError("this attention block is prompted but no prompt embedding was given.")
+        if self.attention_impl == "reference":
+            out = self._reference(q, k, v, additive, prompt_embedding if prompted else None)
+        else:
+            dropout = self.attn_drop if self.training else 0.0
+            if prompted:
+                a, b = self._prompt_vectors(prompt_embedding, batch, num_windows)
+                q_proj = (q @ a.unsqueeze(-1)) * self.scale  # (B, nW, heads, N, 1)
+                k_proj = k @ b.unsqueeze(-1)  # (B, nW, heads, N, 1)
+                out = F.scaled_dot_product_attention(q_proj, k_proj, v, additive, dropout, scale=1.0)
+            else:
+                out = F.scaled_dot_product_attention(q, k, v, additive, dropout, scale=self.scale)
+
+        out = out.permute(0, 1, 3, 2, 4).reshape(total, n, channels)
+        return self.proj_drop(self.proj(out))
+
+    def _reference(
+        self,
+        q: torch.Tensor,
+        k: torch.Tensor,
+        v: torch.Tensor,
+        additive: torch.Tensor,
+        prompt_embedding: torch.Tensor | None,
+    ) -> torch.Tensor:
+        """The official math, step by step, with the explicit (d × d) W per window."""
+        batch, num_windows = q.shape[:2]
+        q = q * self.scale
+        if prompt_embedding is None:
+            logits = q @ k.transpose(-2, -1)
+        else:
+            a, b = self._prompt_vectors(prompt_embedding, batch, num_windows)
+            w = a.unsqueeze(-1) * b.unsqueeze(-2)  # (B, nW | 1, heads, d, d)
+            logits = q @ w @ k.transpose(-2, -1)
+        weights = torch.softmax(logits + additive, dim=-1)
+        weights = F.dropout(weights, self.attn_drop, self.training)
+        return weights @ v
+
+
+class SwinBlock(nn.Module):
+    """Swin Transformer block (W-MSA or SW-MSA, then MLP), prompted when ``prompt_sizes`` is set.
+
+    Args:
+        dim: channels C.
+        num_heads: attention heads.
+        window_size: window side.
+        shift_size: cyclic shift of SW-MSA (0 for W-MSA); dropped when the feature map is no
+            larger than one window, as in the official code.
+        mlp_ratio: MLP hidden width / C.
+        qkv_bias: bias in the qkv projection.
+        drop: dropout after the attention projection and inside the MLP.
+        attn_drop: dropout on attention weights.
+        drop_path: stochastic depth rate of both residual branches.
+        prompt_sizes: one-hot length per prompt key; None for an unprompted (encoder) block.
+        attention_impl: see :class:`WindowAttention`.
+        official_batch_prompt_bug: see :class:`WindowAttention`.
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        num_heads: int,
+        window_size: int,
+        shift_size: int = 0,
+        mlp_ratio: float = 4.0,
+        qkv_bias: bool = True,
+        drop: float = 0.0,
+        attn_drop: float = 0.0,
+        drop_path: float = 0.0,
+        prompt_sizes: Mapping[str, int] | None = None,
+        attention_impl: str = "fast",
+        official_batch_prompt_bug: bool = False,
+    ) -> None:
+        super().__init__()
+        if not 0 <= shift_size < window_size:
+            raise ValueError(f"shift_size must be in [0, window_size), got {shift_size} for window {window_size}.")
+        self.window_size = window_size
+        self.shift_size = shift_size
+        self.prompt_proj = PromptProjection(dim, prompt_sizes) if prompt_sizes else None
+        self.norm1 = nn.LayerNorm(dim)
+        self.attn = WindowAttention(
+            dim,
+            num_heads,
+            window_size,
+            qkv_bias=qkv_bias,
+            attn_drop=attn_drop,
+            proj_drop=drop,
+            prompt_keys=tuple(prompt_sizes) if prompt_sizes else (),
+            attention_impl=attention_impl,
+            official_batch_prompt_bug=official_batch_prompt_bug,
+        )
+        self.drop_path = DropPath(drop_path) if drop_path > 0.0 else nn.Identity()
+        self.norm2 = nn.LayerNorm(dim)
+        self.mlp = MLPBlock(dim, int(dim * mlp_ratio), dropout_rate=drop, act="GELU", dropout_mode="swin")
+
+    def forward(self, x: torch.Tensor, prompts: Mapping[str, torch.Tensor] | None = None) -> torch.Tensor:
+        """(B, H, W, C) -> (B, H, W, C); H and W must be multiples of the window size."""
+        batch, height, width, _ = x.shape
+        window = self.window_size
+        if height % window or width % window:
+            raise ValueError(f"feature map {height}x{width} is not a multiple of the window size {window}.")
+        shift = self.shift_size if min(height, width) > window else 0
+
+        shortcut = x
+        x = self.norm1(x)
+        if shift:
+            x = torch.roll(x, shifts=(-shift, -shift), dims=(1, 2))
+        mask = shifted_window_mask(height, width, window, shift, x.device) if shift else None
+        embedding = self.prompt_proj(prompts) if self.prompt_proj is not None else None
+        windows = self.attn(window_partition(x, (window, window)), batch, mask, embedding)
+        x = window_reverse(windows.view(-1, window, window, x.shape[-1]), (window, window), (batch, height, width))
+        if shift:
+            x = torch.roll(x, shifts=(shift, shift), dims=(1, 2))
+
+        x = shortcut + self.drop_path(x)
+        return x + self.drop_path(self.mlp(self.norm2(x)))
+
+
+class PatchExpanding(nn.Module):
+    """Linear expansion then depth-to-space by ``scale`` (Swin-Unet ``PatchExpand`` / ``FinalPatchExpand_X4``).
+
+    Args:
+        dim: input channels C.
+        out_dim: output channels; the Linear maps C to ``scale² · out_dim``.
+        scale: spatial upsampling factor.
+    """
+
+    def __init__(self, dim: int, out_dim: int, scale: int = 2) -> None:
+        super().__init__()
+        self.scale = scale
+        self.expand = nn.Linear(dim, scale * scale * out_dim, bias=False)
+        self.norm = nn.LayerNorm(out_dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, H, W, C) -> (B, scale·H, scale·W, out_dim)."""
+        batch, height, width, _ = x.shape
+        s = self.scale
+        x = self.expand(x).view(batch, height, width, s, s, -1)  # channel order (p1 p2 c), as official
+        x = x.permute(0, 1, 3, 2, 4, 5).reshape(batch, height * s, width * s, -1)
+        return self.norm(x)
+
+
+class ChannelHalving(nn.Module):
+    """Linear C -> C/2 then LayerNorm (official ``ChannelHalf``), used between classification stages."""
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.linear = nn.Linear(dim, dim // 2, bias=False)
+        self.norm = nn.LayerNorm(dim // 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, H, W, C) -> (B, H, W, C/2)."""
+        return self.norm(self.linear(x))
+
+
+class SwinStage(nn.Module):
+    """``depth`` Swin blocks alternating W-MSA / SW-MSA, then an optional resampling module.
+
+    Args:
+        dim: channels C.
+        depth: number of blocks.
+        num_heads: attention heads.
+        window_size: window side.
+        drop_path: stochastic depth rate per block (length ``depth``).
+        resample: module applied after the blocks (patch merging, expanding, channel halving).
+        use_checkpoint: recompute each block in the backward pass to save activation memory.
+        block_kwargs: the remaining :class:`SwinBlock` arguments.
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        depth: int,
+        num_heads: int,
+        window_size: int,
+        drop_path: Sequence[float],
+        resample: nn.Module | None = None,
+        use_checkpoint: bool = False,
+        **block_kwargs,
+    ) -> None:
+        super().__init__()
+        self.use_checkpoint = use_checkpoint
+        self.blocks = nn.ModuleList(
+            SwinBlock(
+                dim,
+                num_heads,
+                window_size,
+                shift_size=0 if i % 2 == 0 else window_size // 2,
+                drop_path=drop_path[i],
+                **block_kwargs,
+            )
+            for i in range(depth)
+        )
+        self.resample = resample
+
+    def forward(self, x: torch.Tensor, prompts: Mapping[str, torch.Tensor] | None = None) -> torch.Tensor:
+        """(B, H, W, C) -> resampled (B, H', W', C')."""
+        for block in self.blocks:
+            if self.use_checkpoint and self.training:
+                x = checkpoint(block, x, prompts, use_reentrant=False)
+            else:
+                x = block(x, prompts)
+        return x if self.resample is None else self.resample(x)
+
+
+class PatchEmbedding(nn.Module):
+    """Non-overlapping patch projection + LayerNorm, returning channels-last tokens.
+
+    MONAI's ``PatchEmbed`` returns channels-first maps; this network keeps (B, H, W, C)
+    throughout, so the two permutes MONAI's layout would cost per forward are avoided.
+    """
+
+    def __init__(self, patch_size: int, in_channels: int, embed_dim: int) -> None:
+        super().__init__()
+        self.proj = nn.Conv2d(in_channels, embed_dim, kernel_size=patch_size, stride=patch_size)
+        self.norm = nn.LayerNorm(embed_dim)
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        """(B, C_in, H, W) -> (B, H/patch, W/patch, embed_dim)."""
+        return self.norm(self.proj(image).permute(0, 2, 3, 1))
