@@ -1,0 +1,57 @@
+"""Single-input views of PerceptGuide, for tools that call ``network(image)`` and expect one tensor.
+
+MONAI's ``verify_net_in_out``, ``ckpt_export`` (TorchScript), ONNX export and MONAI Label all
+expect that interface; the two-output, prompt-taking network stays the one that trains.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from bundle.prompts import DEFAULT_VOCABULARY, PROMPT_KEYS, PromptVocabulary
+
+__all__ = ["PromptedSegmenter"]
+
+OUTPUTS = ("seg", "cls")
+
+
+class PromptedSegmenter(nn.Module):
+    """PerceptGuide with its four prompts fixed by name: ``forward(image) -> logits``.
+
+    Args:
+        net: a :class:`~bundle.networks.PerceptGuide`.
+        organ: position prompt name, e.g. ``"breast"``.
+        object_type: ``"tumor"`` or ``"organ"``.
+        mode: input mode, ``"whole"``, ``"local"`` or ``"location"``.
+        task: ``"segmentation"`` or ``"classification"``.
+        output: ``"seg"`` for seg logits (B, seg_classes, H, W), ``"cls"`` for cls logits (B, K).
+        vocabulary: prompt names; must match the network's prompt sizes.
+    """
+
+    def __init__(
+        self,
+        net: nn.Module,
+        organ: str,
+        object_type: str,
+        mode: str = "whole",
+        task: str = "segmentation",
+        output: str = "seg",
+        vocabulary: PromptVocabulary = DEFAULT_VOCABULARY,
+    ) -> None:
+        super().__init__()
+        if output not in OUTPUTS:
+            raise ValueError(f"output must be one of {OUTPUTS}, got '{output}'.")
+        if getattr(net, "prompt", False) and vocabulary.sizes != dict(net.prompt_sizes):
+            raise ValueError(f"vocabulary sizes {vocabulary.sizes} do not match the network's {dict(net.prompt_sizes)}.")
+        self.net = net
+        self.output_index = OUTPUTS.index(output)
+        encoded = vocabulary.encode({"position": organ, "task": task, "mode": mode, "type": object_type})
+        for key in PROMPT_KEYS:
+            self.register_buffer(f"prompt_{key}", encoded[key].unsqueeze(0), persistent=False)
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        """(B, C, H, W) -> seg logits (B, seg_classes, H, W) or cls logits (B, cls_classes)."""
+        batch = image.shape[0]
+        prompts = {key: getattr(self, f"prompt_{key}").expand(batch, -1) for key in PROMPT_KEYS}
+        return self.net(image, prompts)[self.output_index]
