@@ -13,7 +13,7 @@ import tomllib
 from pathlib import Path
 
 import pytest
-from monai.bundle import verify_metadata
+from monai.bundle import verify_metadata, verify_net_in_out
 
 from bundle.prompts import DEFAULT_VOCABULARY, PROMPT_KEYS
 
@@ -95,3 +95,34 @@ def test_logging_conf_sends_info_to_stdout():
     finally:
         for handler in list(root.handlers):
             root.removeHandler(handler)
+
+
+def test_network_matches_the_input_and_output_description(tmp_path):
+    # a narrow PerceptGuide behind the single-input wrapper that MONAI's tools call
+    config = {
+        "network_def": {
+            "_target_": "bundle.networks.PerceptGuide",
+            "embed_dim": 12,
+            "encoder_depths": [1, 1],
+            "decoder_depths": [1, 1],
+            "num_heads": [1, 2],
+        },
+        "network": {
+            "_target_": "bundle.networks.wrappers.PromptedSegmenter",
+            "net": "@network_def",
+            "organ": "breast",
+            "object_type": "tumor",
+        },
+    }
+    config_file = tmp_path / "network.json"
+    config_file.write_text(json.dumps(config))
+    # raises ValueError if the output channels or dtype differ from the metadata's "pred"
+    verify_net_in_out(net_id="network", meta_file=str(META_FILE), config_file=str(config_file), device="cpu")
+
+
+def test_verify_net_in_out_rejects_a_wrong_channel_count(tmp_path):
+    config = {"network": {"_target_": "torch.nn.Conv2d", "in_channels": 3, "out_channels": 3, "kernel_size": 1}}
+    config_file = tmp_path / "network.json"
+    config_file.write_text(json.dumps(config))
+    with pytest.raises(ValueError, match="output channel number `3` doesn't match: `2`"):
+        verify_net_in_out(net_id="network", meta_file=str(META_FILE), config_file=str(config_file), device="cpu")
