@@ -1,0 +1,32 @@
+"""Datasets declared in a registry YAML, read from M²-US folders or MONAI datalists, and sampled by dataset.
+
+Config one-liners::
+
+    registry: "$bundle.data.load_registry(@dataset_dir + '/datasets.yaml')"
+    train#datalist: "$bundle.data.load_samples(@registry, 'train')"        # or (..., datalist=PATH)
+    train#sampler: "$bundle.data.weighted_sampler(@train#datalist, seed=0)"
+"""
+
+from bundle.data.datalist import datalist_samples, write_datalist
+from bundle.data.load import load_samples
+from bundle.data.m2us import m2us_samples
+from bundle.data.registry import DatasetRegistry, DatasetSpec, load_registry, read_official_config
+from bundle.data.sampler import DatasetWeightedSampler, dataset_weights, weighted_sampler
+from bundle.data.samples import SPLITS
+from bundle.data.split import split_ids
+
+__all__ = [
+    "SPLITS",
+    "DatasetRegistry",
+    "DatasetSpec",
+    "DatasetWeightedSampler",
+    "datalist_samples",
+    "dataset_weights",
+    "load_registry",
+    "load_samples",
+    "m2us_samples",
+    "read_official_config",
+    "split_ids",
+    "weighted_sampler",
+    "write_datalist",
+]

@@ -1,0 +1,99 @@
+"""Dataset-weighted sampling (official: every sample weighted 1/sqrt(size of its dataset)).
+
+With per-sample weight 1/sqrt(n_d), dataset d is drawn with probability
+sqrt(n_d) / sum_k sqrt(n_k): small datasets are seen more often than their share, large ones
+less, between proportional (weight 1) and uniform-per-dataset (weight 1/n) sampling.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from collections.abc import Mapping, Sequence
+
+import torch
+import torch.distributed as dist
+from torch.utils.data import DistributedSampler
+
+GROUP_KEYS: dict[str, tuple[str, ...]] = {"dataset": ("task", "dataset"), "organ": ("organ",)}
+
+
+def dataset_weights(samples: Sequence[Mapping], group_by: str = "dataset") -> list[float]:
+    """Per-sample weight 1/sqrt(n), n the number of samples of the sample's group.
+
+    Args:
+        samples: sample dicts (``bundle.data.load_samples``).
+        group_by: ``"dataset"`` (one group per declared dataset, i.e. per task and name) or
+            ``"organ"`` (the official code pools datasets of one position prompt).
+    """
+    if group_by not in GROUP_KEYS:
+        raise ValueError(f"group_by must be one of {list(GROUP_KEYS)}, got '{group_by}'")
+    keys = [tuple(sample[k] for k in GROUP_KEYS[group_by]) for sample in samples]
+    counts = Counter(keys)
+    return [1.0 / math.sqrt(counts[key]) for key in keys]
+
+
+class DatasetWeightedSampler(DistributedSampler):
+    """Weighted sampling with replacement that shards across DDP ranks and replays by seed and epoch.
+
+    Each epoch draws ``num_samples`` indices from ``torch.multinomial(weights)`` with a
+    generator seeded by ``seed + epoch`` (MONAI workflows call ``set_epoch`` on a
+    DistributedSampler), identically on every rank; rank r takes draws r, r + R, r + 2R, ...
+    So the R ranks together draw exactly from the weights, and a resumed run repeats the
+    epoch's draws. (MONAI's DistributedWeightedRandomSampler instead re-normalises the weights
+    within each rank's shard and carries its generator state across epochs.)
+
+    Args:
+        dataset: the dataset (only its length is used).
+        weights: one weight per dataset item, e.g. ``dataset_weights(samples)``.
+        num_samples: draws per epoch over all ranks; defaults to ``len(dataset)``.
+        seed: base seed.
+        num_replicas: number of ranks; defaults to the process group's size, or 1 without one.
+        rank: this rank; defaults to the process group's rank, or 0.
+    """
+
+    def __init__(
+        self,
+        dataset: Sequence,
+        weights: Sequence[float],
+        num_samples: int | None = None,
+        seed: int = 0,
+        num_replicas: int | None = None,
+        rank: int | None = None,
+    ) -> None:
+        distributed = dist.is_available() and dist.is_initialized()
+        num_replicas = num_replicas if num_replicas is not None else (dist.get_world_size() if distributed else 1)
+        rank = rank if rank is not None else (dist.get_rank() if distributed else 0)
+        super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=False, seed=seed)
+        if len(weights) != len(dataset):
+            raise ValueError(f"got {len(weights)} weights for a dataset of {len(dataset)} items")
+        self.weights = torch.as_tensor(weights, dtype=torch.double)
+        if not torch.all(self.weights >= 0) or float(self.weights.sum()) <= 0:
+            raise ValueError("weights must be non-negative with a positive sum")
+        total = len(dataset) if num_samples is None else num_samples
+        if total <= 0:
+            raise ValueError(f"num_samples must be positive, got {total}")
+        self.num_samples = math.ceil(total / self.num_replicas)
+        self.total_size = self.num_samples * self.num_replicas
+
+    def __iter__(self):
+        generator = torch.Generator().manual_seed(self.seed + self.epoch)
+        draws = torch.multinomial(self.weights, self.total_size, replacement=True, generator=generator)
+        return iter(draws[self.rank :: self.num_replicas].tolist())
+
+    def __len__(self) -> int:
+        return self.num_samples
+
+
+def weighted_sampler(
+    samples: Sequence[Mapping], seed: int = 0, num_samples: int | None = None, group_by: str = "dataset"
+) -> DatasetWeightedSampler:
+    """The training sampler configs use: ``$bundle.data.weighted_sampler(@train#datalist)``.
+
+    Args:
+        samples: the training sample dicts (the DataLoader's dataset must list them in this order).
+        seed: base seed (epoch e draws with ``seed + e``).
+        num_samples: draws per epoch over all ranks; defaults to ``len(samples)``.
+        group_by: see ``dataset_weights``.
+    """
+    return DatasetWeightedSampler(samples, dataset_weights(samples, group_by), num_samples=num_samples, seed=seed)

@@ -1,0 +1,52 @@
+"""MONAI dict transforms for PerceptGuide samples, and the chains configs call.
+
+Config one-liners::
+
+    train#preprocessing: "$bundle.transforms.train_transforms(@image_size, @registry)"
+    validate#preprocessing: "$bundle.transforms.val_transforms(@image_size, @registry)"
+    preprocessing: "$bundle.transforms.inference_transforms(@image_size, @organ, @object_type)"
+"""
+
+from bundle.transforms.builders import inference_transforms, load_transforms, train_transforms, val_transforms
+from bundle.transforms.geometry import GEOMETRIES, ShortSideResize, ShortSideResized, official_augmentation, resize_to_square
+from bundle.transforms.io import LoadImage2D, LoadUltrasoundd, channels_to_rgb, reader_for, to_unit_range
+from bundle.transforms.masks import MaskToIndicesd
+from bundle.transforms.prompt_mode import (
+    LOCATION_INTENSITY,
+    MODE_PROBABILITIES,
+    PromptModed,
+    RandPromptModed,
+    local_square,
+    location_mark,
+)
+from bundle.transforms.targets import INFERENCE_KEYS, SAMPLE_KEYS, EncodePromptsd, TaskTargetsd
+from bundle.transforms.verify import verify_samples
+
+__all__ = [
+    "GEOMETRIES",
+    "INFERENCE_KEYS",
+    "LOCATION_INTENSITY",
+    "MODE_PROBABILITIES",
+    "SAMPLE_KEYS",
+    "EncodePromptsd",
+    "LoadImage2D",
+    "LoadUltrasoundd",
+    "MaskToIndicesd",
+    "PromptModed",
+    "RandPromptModed",
+    "ShortSideResize",
+    "ShortSideResized",
+    "TaskTargetsd",
+    "channels_to_rgb",
+    "inference_transforms",
+    "load_transforms",
+    "local_square",
+    "location_mark",
+    "official_augmentation",
+    "reader_for",
+    "resize_to_square",
+    "to_unit_range",
+    "train_transforms",
+    "val_transforms",
+    "verify_samples",
+]

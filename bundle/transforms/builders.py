@@ -1,0 +1,116 @@
+"""Transform chains for training, validation and inference (what configs call).
+
+Each returns a MONAI ``Compose`` over the sample dicts of ``bundle.data``. Train / val samples
+come out with exactly ``SAMPLE_KEYS``::
+
+    image (3, S, S) float32 in [0, 1]      label (1, S, S) int64 class indices (zeros: cls sample)
+    cls_label () int64 (0: seg sample)     task_id () int64 (0 segmentation, 1 classification)
+    prompt_position / prompt_task / prompt_mode / prompt_type: float32 one-hot
+    dataset: str
+
+Inference samples carry ``INFERENCE_KEYS`` (no targets, no dataset). Loading, mask mapping and
+checks come first and are deterministic, so a ``CacheDataset`` caches the decoded images.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from monai.transforms import CenterSpatialCropd, Compose, EnsureTyped, Lambdad, SelectItemsd
+
+from bundle.data.registry import DatasetRegistry, as_registry
+from bundle.prompts import DEFAULT_VOCABULARY, PromptVocabulary
+from bundle.transforms.geometry import ShortSideResized, official_augmentation, resize_to_square
+from bundle.transforms.io import LoadUltrasoundd, channels_to_rgb
+from bundle.transforms.masks import MaskToIndicesd
+from bundle.transforms.prompt_mode import WHOLE, PromptModed, RandPromptModed
+from bundle.transforms.targets import INFERENCE_KEYS, SAMPLE_KEYS, EncodePromptsd, TaskTargetsd
+
+SPATIAL_KEYS = ("image", "label")
+
+
+def load_transforms(registry: DatasetRegistry | str | Path) -> list:
+    """The deterministic head of every labelled chain: load, map masks to class indices, check sizes."""
+    return [LoadUltrasoundd(("image", "label", "mask")), MaskToIndicesd(as_registry(registry))]
+
+
+def train_transforms(image_size: int, registry: DatasetRegistry | str | Path) -> Compose:
+    """Training chain (official recipe).
+
+    load -> random input mode (local crop / location mark, official probabilities) -> shorter
+    side to ``image_size`` -> one of flip / rotate +-20 deg / zoom 0.8-1.2 (official cascade) ->
+    centre crop -> targets and one-hot prompts. Outputs plain tensors (no MONAI metadata).
+
+    Args:
+        image_size: output side S.
+        registry: dataset declarations (mask values, prompt vocabulary).
+    """
+    registry = as_registry(registry)
+    return Compose(
+        load_transforms(registry)
+        + [
+            RandPromptModed(),
+            ShortSideResized(SPATIAL_KEYS, image_size),
+            official_augmentation(SPATIAL_KEYS),
+            CenterSpatialCropd(SPATIAL_KEYS, (image_size, image_size), allow_missing_keys=True),
+            Lambdad("image", channels_to_rgb),
+            TaskTargetsd(),
+            EncodePromptsd(registry.vocabulary),
+            SelectItemsd(SAMPLE_KEYS),
+            EnsureTyped(SAMPLE_KEYS[:-1], track_meta=False),
+        ]
+    )
+
+
+def val_transforms(
+    image_size: int, registry: DatasetRegistry | str | Path, mode: str = WHOLE, geometry: str = "crop"
+) -> Compose:
+    """Deterministic validation / evaluation chain, invertible with ``monai.transforms.Invertd``.
+
+    ``image`` stays a MetaTensor whose trace maps predictions back to the original size
+    (``Invertd(keys="pred", transform=<this>, orig_keys="image")``).
+
+    Args:
+        image_size: output side S.
+        registry: dataset declarations.
+        mode: input mode for every sample where it applies (see ``PromptModed``), else whole.
+        geometry: ``"crop"`` (official), ``"letterbox"`` or ``"squash"`` (see ``resize_to_square``).
+    """
+    registry = as_registry(registry)
+    return Compose(
+        load_transforms(registry)
+        + [PromptModed(mode)]
+        + resize_to_square(SPATIAL_KEYS, image_size, geometry)
+        + [Lambdad("image", channels_to_rgb), TaskTargetsd(), EncodePromptsd(registry.vocabulary), SelectItemsd(SAMPLE_KEYS)]
+    )
+
+
+def inference_transforms(
+    image_size: int,
+    organ: str,
+    object_type: str,
+    mode: str = WHOLE,
+    task: str = "segmentation",
+    vocabulary: PromptVocabulary | None = None,
+    geometry: str = "crop",
+) -> Compose:
+    """Chain for a user's images (``{"image": path}``, optionally with per-image prompt names).
+
+    Prompt names given here are the defaults; a sample's own ``organ`` / ``object_type`` /
+    ``mode`` / ``task`` win. Unknown names fail here, before any image is read. ``image`` keeps
+    its trace for ``Invertd`` back to the original size.
+
+    Args:
+        image_size: network input side S.
+        organ, object_type, mode, task: default prompt names.
+        vocabulary: the trained model's vocabulary (``registry.vocabulary``); default official.
+        geometry: ``"crop"``, ``"letterbox"`` or ``"squash"`` (``"crop"`` leaves the border
+            outside the centre square unpredicted).
+    """
+    defaults = {"organ": organ, "object_type": object_type, "mode": mode, "task": task}
+    encode = EncodePromptsd(vocabulary or DEFAULT_VOCABULARY, defaults)
+    return Compose(
+        [LoadUltrasoundd(("image",)), PromptModed(mode, keep_without_mask=True)]
+        + resize_to_square(("image",), image_size, geometry)
+        + [Lambdad("image", channels_to_rgb), encode, SelectItemsd(INFERENCE_KEYS)]
+    )

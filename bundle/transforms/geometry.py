@@ -1,0 +1,132 @@
+"""Resizing and the official augmentation cascade, as invertible MONAI dict transforms."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+from monai.config import KeysCollection
+from monai.data import MetaTensor
+from monai.transforms import (
+    CenterSpatialCropd,
+    Flipd,
+    Identityd,
+    MapTransform,
+    OneOf,
+    RandRotated,
+    RandZoomd,
+    Resize,
+    Resized,
+    SpatialPadd,
+)
+from monai.transforms.spatial.functional import resize
+from monai.utils import ensure_tuple, get_equivalent_dtype
+
+GEOMETRIES: tuple[str, ...] = ("crop", "letterbox", "squash")
+IMAGE_MODE, LABEL_MODE = "bilinear", "nearest-exact"
+
+
+class ShortSideResize(Resize):
+    """Resize so the shorter spatial side equals ``spatial_size`` (an int), keeping the aspect ratio.
+
+    MONAI's ``Resize`` offers the longest side only; the trace it records is Resize's, so
+    ``inverse`` (and ``Invertd``) restore the original size.
+    """
+
+    def __call__(  # type: ignore[override]
+        self,
+        img: torch.Tensor,
+        mode: str | None = None,
+        align_corners: bool | None = None,
+        anti_aliasing: bool | None = None,
+        anti_aliasing_sigma: Sequence[float] | float | None = None,
+        dtype: torch.dtype | None = None,
+        lazy: bool | None = None,
+    ) -> torch.Tensor:
+        if not isinstance(self.spatial_size, int):
+            raise ValueError(f"ShortSideResize needs an int spatial_size, got {self.spatial_size}")
+        shape = img.peek_pending_shape() if isinstance(img, MetaTensor) else img.shape[1:]
+        scale = self.spatial_size / min(shape)
+        size = tuple(max(self.spatial_size, int(round(s * scale))) for s in shape)
+        return resize(
+            img,
+            size,
+            self.mode if mode is None else mode,
+            self.align_corners if align_corners is None else align_corners,
+            get_equivalent_dtype(dtype or self.dtype or img.dtype, torch.Tensor),
+            len(shape),
+            self.anti_aliasing if anti_aliasing is None else anti_aliasing,
+            self.anti_aliasing_sigma if anti_aliasing_sigma is None else anti_aliasing_sigma,
+            self.lazy if lazy is None else lazy,
+            self.get_transform_info(),
+        )
+
+
+class ShortSideResized(Resized):
+    """Dict version of ``ShortSideResize`` (image bilinear with anti-aliasing, label nearest by default)."""
+
+    def __init__(
+        self,
+        keys: KeysCollection,
+        spatial_size: int,
+        mode: Sequence[str] | str = (IMAGE_MODE, LABEL_MODE),
+        anti_aliasing: Sequence[bool] | bool = (True, False),
+        allow_missing_keys: bool = True,
+    ) -> None:
+        super().__init__(keys, spatial_size, mode=mode, anti_aliasing=anti_aliasing, allow_missing_keys=allow_missing_keys)
+        self.resizer = ShortSideResize(spatial_size=spatial_size)
+
+
+def resize_to_square(keys: KeysCollection, size: int, geometry: str = "crop") -> list[MapTransform]:
+    """Deterministic (size, size) geometry, invertible with ``Invertd``.
+
+    Args:
+        keys: image key first, then label keys (missing keys are skipped).
+        size: output side.
+        geometry: ``"crop"`` shorter side to ``size`` then centre crop (official; the crop's
+            border is lost), ``"letterbox"`` longer side to ``size`` then zero padding (aspect
+            kept, whole image, smaller objects), ``"squash"`` both sides to ``size`` (whole
+            image, aspect changed).
+    """
+    keys = ensure_tuple(keys)
+    modes = (IMAGE_MODE,) + (LABEL_MODE,) * (len(keys) - 1)
+    aliasing = (True,) + (False,) * (len(keys) - 1)
+    if geometry == "crop":
+        return [
+            ShortSideResized(keys, size, modes, aliasing),
+            CenterSpatialCropd(keys, (size, size), allow_missing_keys=True),
+        ]
+    if geometry == "letterbox":
+        return [
+            Resized(keys, size, size_mode="longest", mode=modes, anti_aliasing=aliasing, allow_missing_keys=True),
+            SpatialPadd(keys, (size, size), allow_missing_keys=True),
+        ]
+    if geometry == "squash":
+        return [Resized(keys, (size, size), mode=modes, anti_aliasing=aliasing, allow_missing_keys=True)]
+    raise ValueError(f"unknown geometry '{geometry}', expected one of {list(GEOMETRIES)}")
+
+
+def official_augmentation(keys: KeysCollection, max_angle_deg: float = 20.0, zoom: tuple[float, float] = (0.8, 1.2)) -> OneOf:
+    """The official cascade: h-flip if r1 > 0.5, elif r2 > 0.5 rotate, elif r3 > 0.5 zoom.
+
+    As one MONAI ``OneOf``: flip 1/2, rotate 1/4 (uniform in +-``max_angle_deg``), zoom 1/8
+    (factor uniform in ``zoom``, size kept: zero padding below 1, centre crop above), unchanged 1/8.
+    Images are interpolated bilinearly, labels by nearest neighbour.
+    """
+    modes = (IMAGE_MODE, "nearest")
+    return OneOf(
+        [
+            Flipd(keys, spatial_axis=1, allow_missing_keys=True),
+            RandRotated(
+                keys, range_x=math.radians(max_angle_deg), prob=1.0, mode=modes, padding_mode="zeros",
+                keep_size=True, allow_missing_keys=True,
+            ),
+            RandZoomd(
+                keys, prob=1.0, min_zoom=zoom[0], max_zoom=zoom[1], mode=(IMAGE_MODE, LABEL_MODE),
+                padding_mode="constant", keep_size=True, allow_missing_keys=True,
+            ),
+            Identityd(keys, allow_missing_keys=True),
+        ],
+        weights=(0.5, 0.25, 0.125, 0.125),
+    )

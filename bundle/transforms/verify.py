@@ -1,0 +1,25 @@
+"""Read every file of a sample list once, so bad data stops a run before training starts."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+from bundle.data.registry import DatasetRegistry, as_registry
+from bundle.transforms.builders import load_transforms
+
+
+def verify_samples(samples: Sequence[dict], registry: DatasetRegistry | str | Path) -> list[dict]:
+    """Load every image and mask of ``samples`` as training would, and return the samples unchanged.
+
+    Raises the loaders' errors, each naming its file: unreadable or corrupt image, mask of
+    another size than its image, mask value the dataset does not declare. Config use:
+    ``"$bundle.transforms.verify_samples(@train#datalist, @registry)"``.
+    """
+    steps = load_transforms(as_registry(registry))
+    for sample in samples:
+        data = sample
+        for step in steps:  # called directly: Compose would wrap the error in its own message
+            data = step(data)
+    return list(samples)
+
