@@ -54,13 +54,15 @@ class LoadImage2D(Transform):
         except Exception as err:  # any reader failure means the file cannot be used
             raise ValueError(f"cannot read image file {path}: {type(err).__name__}: {err}") from err
         channel_dim = image.meta.get("original_channel_dim")
-        if image.ndim == 3 and isinstance(channel_dim, int):  # readers say "no_channel" or NaN otherwise
+        if image.ndim == 2:
+            image = image[None]
+        elif image.ndim == 3 and isinstance(channel_dim, int):  # readers say "no_channel" or NaN otherwise
             image = image.movedim(channel_dim, 0)
         elif image.ndim == 3 and image.shape[-1] in (1, 3, 4):  # DICOM RGB and NIfTI (H, W, 1) say NaN
             image = image.movedim(-1, 0)
-        elif image.ndim == 2:
-            image = image[None]
-        if image.ndim != 3 or min(image.shape[1:]) < 2:
+        else:
+            raise ValueError(f"{path}: expected a 2D image (H, W[, C]), got array shape {tuple(image.shape)}")
+        if min(image.shape[1:]) < 2:
             raise ValueError(f"{path}: expected a 2D image (H, W[, C]), got array shape {tuple(image.shape)}")
         return image
 
@@ -123,10 +125,12 @@ class LoadUltrasoundd(MapTransform):
         return array
 
 
-def file_of(array: torch.Tensor, fallback: str = "<unknown file>") -> str:
-    """The file a MetaTensor was loaded from (for error messages)."""
-    meta = getattr(array, "meta", {})
-    return str(meta.get("filename_or_obj", fallback))
+def file_of(value: object) -> str:
+    """The file a sample value names or was loaded from (for error messages)."""
+    meta = getattr(value, "meta", None)
+    if meta is not None:
+        return str(meta.get("filename_or_obj", "<unknown file>"))
+    return str(value) if isinstance(value, (str, Path)) else "<in-memory array>"
 
 
 def channels_to_rgb(image: torch.Tensor) -> torch.Tensor:

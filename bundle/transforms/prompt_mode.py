@@ -20,6 +20,7 @@ from monai.transforms import Crop, InvertibleTransform, MapTransform, Randomizab
 
 from bundle.data.registry import SEGMENTATION
 from bundle.prompts import MODES
+from bundle.transforms.io import file_of
 
 WHOLE, LOCAL, LOCATION = MODES
 LOCATION_INTENSITY = 0.1
@@ -97,7 +98,7 @@ class PromptModed(MapTransform, InvertibleTransform):
         """The requested mode of this sample."""
         mode = d.get("mode", self.mode)
         if mode not in MODES:
-            raise ValueError(f"sample {d.get(self.image_key)!s}: unknown mode '{mode}', expected one of {list(MODES)}")
+            raise ValueError(f"sample {file_of(d.get(self.image_key))}: unknown mode '{mode}', expected one of {list(MODES)}")
         return str(mode)
 
     def __call__(self, data: Mapping[Hashable, object]) -> dict:

@@ -8,6 +8,7 @@ import torch
 from monai.transforms import Transform
 
 from bundle.prompts import DEFAULT_VOCABULARY, TASKS, PromptVocabulary
+from bundle.transforms.io import file_of
 
 SAMPLE_KEYS: tuple[str, ...] = (
     "image",
@@ -50,11 +51,11 @@ class EncodePromptsd(Transform):
         for name_key, prompt_key in PROMPT_NAME_KEYS.items():
             name = d.get(name_key, self.defaults.get(name_key))
             if name is None:
-                raise ValueError(f"sample {d.get('image')!s} has no '{name_key}' prompt name and no default")
+                raise ValueError(f"sample {file_of(d.get('image'))} has no '{name_key}' prompt name and no default")
             try:
                 d[f"prompt_{prompt_key}"] = self.vocabulary.one_hot(prompt_key, str(name))
             except ValueError as err:
-                raise ValueError(f"sample {d.get('image')!s}: {err}") from None
+                raise ValueError(f"sample {file_of(d.get('image'))}: {err}") from None
             if name_key == "task":
                 d["task_id"] = torch.tensor(TASKS.index(str(name)), dtype=torch.int64)
         return d

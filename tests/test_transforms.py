@@ -1,0 +1,187 @@
+"""bundle.transforms chains on the shipped demo data: keys, shapes, ranges, prompts per task x mode, inversion."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from monai.data import DataLoader, Dataset, decollate_batch
+from monai.transforms import Invertd
+from PIL import Image
+
+from bundle.data import load_registry, m2us_samples
+from bundle.prompts import DEFAULT_VOCABULARY
+from bundle.transforms import (
+    GEOMETRIES,
+    INFERENCE_KEYS,
+    SAMPLE_KEYS,
+    inference_transforms,
+    train_transforms,
+    val_transforms,
+)
+
+DEMO = Path(__file__).resolve().parents[1] / "data" / "demo"
+SIZE = 64
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Per-sample transforms run on one thread in data workers; more only contend on 2 cores."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def registry():
+    return load_registry(DEMO / "datasets.yaml")
+
+
+@pytest.fixture(scope="module")
+def samples(registry):
+    """One validation sample per (task, dataset)."""
+    picked = {}
+    for sample in m2us_samples(registry, "val"):
+        picked.setdefault((sample["task"], sample["dataset"]), sample)
+    return picked
+
+
+def _check_sample(out: dict, source: dict, mode: str) -> None:
+    assert set(out) == set(SAMPLE_KEYS)
+    assert out["image"].shape == (3, SIZE, SIZE) and out["image"].dtype == torch.float32
+    assert 0.0 <= float(out["image"].min()) and float(out["image"].max()) <= 1.0 and float(out["image"].std()) > 0.05
+    assert out["label"].shape == (1, SIZE, SIZE) and out["label"].dtype == torch.int64
+    is_seg = source["task"] == "segmentation"
+    assert set(out["label"].unique().tolist()) == ({0, 1} if is_seg else {0})
+    assert out["cls_label"].shape == () and int(out["cls_label"]) == source["cls_label"]
+    assert int(out["task_id"]) == (0 if is_seg else 1)
+    expected = DEFAULT_VOCABULARY.encode(
+        {"position": source["organ"], "task": source["task"], "mode": mode, "type": source["object_type"]}
+    )
+    for key, vector in expected.items():
+        assert torch.equal(out[f"prompt_{key}"], vector), key
+    assert out["dataset"] == source["dataset"]
+
+
+TASK_MODES = [  # (task, dataset, requested mode, mode the sample gets)
+    ("segmentation", "BUSI", "whole", "whole"),
+    ("segmentation", "BUSI", "local", "local"),
+    ("segmentation", "Fetal_HC", "local", "local"),
+    ("segmentation", "TG3K", "location", "whole"),  # location is for classification samples (official)
+    ("classification", "BUSI", "whole", "whole"),
+    ("classification", "BUSI", "local", "local"),
+    ("classification", "BUSI", "location", "location"),
+]
+
+
+@pytest.mark.parametrize("task, dataset, mode, applied", TASK_MODES)
+def test_val_chain_gives_contract_sample_for_task_and_mode(registry, samples, task, dataset, mode, applied):
+    source = samples[(task, dataset)]
+    out = val_transforms(SIZE, registry, mode=mode)(source)
+    _check_sample(out, source, applied)
+
+
+def test_local_mode_zooms_onto_the_object(registry, samples):
+    source = samples[("segmentation", "BUSI")]
+    whole = val_transforms(SIZE, registry, mode="whole")(source)
+    local = val_transforms(SIZE, registry, mode="local")(source)
+    assert local["label"].float().mean() > 2 * whole["label"].float().mean()
+
+
+def test_location_mode_brightens_the_object_only(registry, samples):
+    source = samples[("classification", "BUSI")]
+    whole = val_transforms(SIZE, registry, mode="whole")(source)["image"]
+    marked = val_transforms(SIZE, registry, mode="location")(source)["image"]
+    same_image_as_segmentation = dict(samples[("segmentation", "BUSI")], image=source["image"], label=source["mask"])
+    mask = val_transforms(SIZE, registry, mode="whole")(same_image_as_segmentation)["label"][0] > 0
+    difference = (marked - whole)[0]
+    assert float(difference[mask].mean()) > 0.08
+    assert float(difference[~mask].abs().mean()) < 0.01
+
+
+def test_classification_dataset_without_masks_stays_whole(registry, samples):
+    source = {k: v for k, v in samples[("classification", "BUSI")].items() if k != "mask"}
+    out = val_transforms(SIZE, registry, mode="location")(source)
+    _check_sample(out, source, "whole")
+
+
+@pytest.mark.parametrize("task, dataset", [("segmentation", "BUSI"), ("segmentation", "Fetal_HC"), ("classification", "BUSI")])
+def test_train_chain_draws_every_allowed_mode_with_valid_samples(registry, samples, task, dataset):
+    chain = train_transforms(SIZE, registry)
+    chain.set_random_state(seed=3)
+    source = samples[(task, dataset)]
+    seen = set()
+    for _ in range(24):
+        out = chain(source)
+        mode = DEFAULT_VOCABULARY.modes[int(out["prompt_mode"].argmax())]
+        seen.add(mode)
+        _check_sample(out, source, mode)
+        assert not hasattr(out["image"], "meta")  # plain tensors for training
+    assert seen == ({"whole", "local"} if task == "segmentation" else {"whole", "local", "location"})
+
+
+def test_train_batches_mix_tasks_with_task_masked_targets(registry):
+    data = m2us_samples(registry, "val")
+    loader = DataLoader(Dataset(data[-6:] + data[:6], train_transforms(SIZE, registry)), batch_size=12)
+    batch = next(iter(loader))
+    assert batch["image"].shape == (12, 3, SIZE, SIZE) and batch["label"].shape == (12, 1, SIZE, SIZE)
+    assert batch["task_id"].tolist() == [1] * 6 + [0] * 6
+    assert batch["label"][:6].sum() == 0 and all(batch["label"][i].sum() > 0 for i in range(6, 12))
+    assert batch["prompt_position"].shape == (12, 11) and batch["prompt_task"][:, 1].tolist() == [1.0] * 6 + [0.0] * 6
+    assert len(batch["dataset"]) == 12
+
+
+@pytest.mark.parametrize("geometry, min_dice", [("crop", 0.8), ("letterbox", 0.95), ("squash", 0.95)])
+@pytest.mark.parametrize("mode", ["whole", "local"])
+def test_invertd_maps_predictions_back_to_original_size(registry, samples, geometry, min_dice, mode):
+    chain = val_transforms(SIZE, registry, mode=mode, geometry=geometry)
+    source = samples[("segmentation", "BUSI")]
+    truth = np.asarray(Image.open(source["label"])) > 0
+    batch = next(iter(DataLoader(Dataset([source], chain), batch_size=1)))
+    batch["pred"] = torch.nn.functional.one_hot(batch["label"][:, 0], 2).permute(0, 3, 1, 2).float()
+    item = Invertd(keys="pred", transform=chain, orig_keys="image", nearest_interp=True)(decollate_batch(batch)[0])
+    restored = item["pred"].argmax(0).numpy().astype(bool)
+    assert restored.shape == truth.shape
+    assert 2 * (restored & truth).sum() / (restored.sum() + truth.sum()) > min_dice
+
+
+@pytest.mark.parametrize("geometry", GEOMETRIES)
+def test_inference_chain_takes_prompts_by_name_with_per_image_override(samples, geometry):
+    chain = inference_transforms(SIZE, organ="breast", object_type="tumor", geometry=geometry)
+    image = samples[("segmentation", "TG3K")]["image"]
+    out = chain({"image": image})
+    assert set(out) == set(INFERENCE_KEYS) and out["image"].shape == (3, SIZE, SIZE)
+    assert out["image"].meta["filename_or_obj"] == image
+    assert torch.equal(out["prompt_position"], DEFAULT_VOCABULARY.one_hot("position", "breast"))
+    assert torch.equal(out["prompt_mode"], DEFAULT_VOCABULARY.one_hot("mode", "whole"))
+    override = chain({"image": image, "organ": "thyroid", "object_type": "organ", "mode": "local"})
+    assert torch.equal(override["prompt_position"], DEFAULT_VOCABULARY.one_hot("position", "thyroid"))
+    assert torch.equal(override["prompt_type"], DEFAULT_VOCABULARY.one_hot("type", "organ"))
+    assert torch.equal(override["prompt_mode"], DEFAULT_VOCABULARY.one_hot("mode", "local"))
+    assert torch.allclose(override["image"], out["image"])  # a user's local image is used as given
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"organ": "brain", "object_type": "tumor"}, "unknown position prompt 'brain'"),
+        ({"organ": "breast", "object_type": "lesion"}, "unknown type prompt 'lesion'"),
+        ({"organ": "breast", "object_type": "tumor", "task": "detection"}, "unknown task prompt 'detection'"),
+        ({"organ": "breast", "object_type": "tumor", "mode": "zoom"}, "unknown mode.*'zoom'"),
+        ({"organ": "breast", "object_type": "tumor", "geometry": "fit"}, "unknown geometry 'fit'"),
+    ],
+)
+def test_inference_chain_refuses_unknown_names_before_reading(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        inference_transforms(SIZE, **kwargs)
+
+
+def test_unknown_prompt_name_in_a_sample_names_the_image(samples):
+    chain = inference_transforms(SIZE, organ="breast", object_type="tumor")
+    image = samples[("segmentation", "TG3K")]["image"]
+    with pytest.raises(RuntimeError) as info:
+        chain({"image": image, "organ": "spleen"})
+    assert "unknown position prompt 'spleen'" in str(info.value.__cause__) and image in str(info.value.__cause__)
