@@ -15,9 +15,8 @@ from monai.config import KeysCollection
 from monai.data import ImageReader, MetaTensor, NibabelReader, PILReader, PydicomReader
 from monai.transforms import LoadImage, MapTransform, Transform
 
-NATURAL_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
-DICOM_SUFFIXES = (".dcm", ".dicom")
-NIFTI_SUFFIXES = (".nii", ".nii.gz")
+from bundle.data.files import DICOM_SUFFIXES, IMAGE_SUFFIXES, NATURAL_SUFFIXES, NIFTI_SUFFIXES
+
 
 
 def reader_for(path: str | Path) -> ImageReader:
@@ -29,8 +28,7 @@ def reader_for(path: str | Path) -> ImageReader:
         return PydicomReader(swap_ij=False)
     if name.endswith(NIFTI_SUFFIXES):
         return NibabelReader()
-    supported = NATURAL_SUFFIXES + DICOM_SUFFIXES + NIFTI_SUFFIXES
-    raise ValueError(f"unsupported image file type: {path} (supported: {', '.join(supported)})")
+    raise ValueError(f"unsupported image file type: {path} (supported: {', '.join(IMAGE_SUFFIXES)})")
 
 
 class LoadImage2D(Transform):

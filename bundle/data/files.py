@@ -1,0 +1,38 @@
+"""Image file types the bundle reads, and a user's folder of images as inference samples."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+NATURAL_SUFFIXES: tuple[str, ...] = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+DICOM_SUFFIXES: tuple[str, ...] = (".dcm", ".dicom")
+NIFTI_SUFFIXES: tuple[str, ...] = (".nii", ".nii.gz")
+IMAGE_SUFFIXES: tuple[str, ...] = NATURAL_SUFFIXES + DICOM_SUFFIXES + NIFTI_SUFFIXES
+
+
+def is_image_file(path: Path) -> bool:
+    """Whether ``path`` has a supported image suffix (case-insensitive)."""
+    return path.name.lower().endswith(IMAGE_SUFFIXES)
+
+
+def stem_of(path: Path) -> str:
+    """File name without its image suffix (``a.nii.gz`` -> ``a``)."""
+    name = path.name
+    for suffix in sorted(IMAGE_SUFFIXES, key=len, reverse=True):
+        if name.lower().endswith(suffix):
+            return name[: -len(suffix)]
+    return path.stem
+
+
+def folder_samples(folder: str | Path) -> list[dict]:
+    """``[{"image": path}, ...]`` for every supported image under ``folder`` (recursive, sorted).
+
+    Config use (inference): ``"$bundle.data.folder_samples(@input_dir)"``.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"input folder not found: {folder}")
+    images = sorted(p for p in folder.rglob("*") if p.is_file() and is_image_file(p))
+    if not images:
+        raise ValueError(f"no image files ({', '.join(IMAGE_SUFFIXES)}) under {folder}")
+    return [{"image": str(path.resolve())} for path in images]
