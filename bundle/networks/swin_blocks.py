@@ -10,7 +10,19 @@ Hyper-perception (PerceptGuide): each prompted block projects the four one-hot p
 ``b_k = Linear_k(prompt_k)`` and owns four vectors ``a_k``; the official attention logits are
 ``(q * scale) W kᵀ`` with ``W = ⊙_k (a_k ⊗ b_k)`` per head. ``W`` is an elementwise product of
 outer products, hence rank one, ``W = a bᵀ`` with ``a = ⊙ a_k`` and ``b = ⊙ b_k``, so
-``q W kᵀ = (q·a)(k·b)ᵀ``: the fast path never builds the ``head_dim²`` matrix.
+``q W kᵀ = (q·a)(k·b)ᵀ``: the fast path never builds the ``head_dim²`` matrix. It does not build
+q and k either: ``q·a`` and ``k·b`` are linear in the tokens, so ``a`` and ``b`` are folded into
+the q and k rows of the qkv weight, and a prompted block projects each token to ``C + 2·heads``
+values instead of ``3·C``.
+
+Two computation paths, selected by ``attention_impl``:
+
+- ``"fast"``: the above, ``scaled_dot_product_attention`` on 4-D ``(B·nW, heads, N, d)`` views
+  for unprompted blocks, and windows gathered with one ``index_select`` whose index map (cyclic
+  shift included) is computed once per resolution.
+- ``"reference"``: the official order of operations (``torch.roll``, window partition, explicit
+  ``q W kᵀ`` with the ``d × d`` matrix per head, softmax, window reverse), kept as the
+  official-equivalent baseline for tests and benchmarks.
 """
 
 from __future__ import annotations
@@ -40,8 +52,33 @@ def shifted_window_mask(height: int, width: int, window: int, shift: int, device
 
     Masked pairs get -100 (MONAI and the official code alike). Cached per resolution and device:
     it depends on nothing else, and rebuilding it in every block of every forward costs time.
+    Built outside inference mode so that a cache filled during inference still serves training.
     """
-    return compute_mask([height, width], (window, window), (shift, shift), device)
+    with torch.inference_mode(False):
+        return compute_mask([height, width], (window, window), (shift, shift), device)
+
+
+@lru_cache(maxsize=64)
+def window_token_order(
+    height: int, width: int, window: int, shift: int, device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token index maps between a raster (H·W) map and its shifted windows, cached per resolution.
+
+    ``tokens.index_select(1, gather)`` equals ``window_partition(torch.roll(x, (-shift, -shift)))``
+    flattened to (B, nW·N, C), windows in MONAI's order; ``index_select(1, scatter)`` undoes it.
+    One gather replaces a roll and a permuted copy (each a full pass over the map) per direction.
+
+    Returns:
+        gather, scatter: int64 (H·W,) each.
+    """
+    with torch.inference_mode(False):
+        raster = torch.arange(height * width, device=device).view(height, width)
+        if shift:
+            raster = torch.roll(raster, shifts=(-shift, -shift), dims=(0, 1))
+        gather = raster.view(height // window, window, width // window, window).transpose(1, 2).reshape(-1)
+        scatter = torch.empty_like(gather)
+        scatter[gather] = torch.arange(gather.numel(), device=device)
+        return gather, scatter
 
 
 @lru_cache(maxsize=16)
@@ -85,9 +122,9 @@ class WindowAttention(nn.Module):
         proj_drop: dropout after the output projection.
         prompt_keys: names of the prompts whose hyper vectors this block owns; empty for a plain
             Swin attention.
-        attention_impl: ``"fast"`` (rank-1 prompt term, ``scaled_dot_product_attention``) or
-            ``"reference"`` (explicit ``(q·scale) W kᵀ`` as the official code, for tests and
-            benchmarks).
+        attention_impl: ``"fast"`` (rank-1 prompt term from a reduced projection, fused
+            ``scaled_dot_product_attention`` otherwise) or ``"reference"`` (explicit
+            ``(q·scale) W kᵀ`` as the official code, for tests and benchmarks).
         official_batch_prompt_bug: give window i the prompts of sample ``i % B`` as the official
             code does; only for parity with official checkpoints' reported numbers.
     """
@@ -133,6 +170,18 @@ class WindowAttention(nn.Module):
         n = self.window_size**2
         return self.relative_position_bias_table[self.relative_position_index.view(-1)].view(n, n, -1).permute(2, 0, 1)
 
+    def _additive(self, shift_mask: torch.Tensor | None) -> torch.Tensor:
+        """Bias plus shift mask, (heads, N, N) or (nW, heads, N, N)."""
+        bias = self._bias()
+        return bias if shift_mask is None else bias + shift_mask.unsqueeze(1)
+
+    def _qkv_parts(self) -> tuple[torch.Tensor, ...]:
+        """The q, k, v rows of the fused projection: weights (heads, d, C), biases (heads, d) or None."""
+        weights = self.qkv.weight.view(3, self.num_heads, self.head_dim, -1).unbind(0)
+        if self.qkv.bias is None:
+            return (*weights, None, None, None)
+        return (*weights, *self.qkv.bias.view(3, self.num_heads, self.head_dim).unbind(0))
+
     def _prompt_vectors(self, embedding: torch.Tensor, batch: int, num_windows: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Rank-1 factors of W: a (heads, d) and b per window (B, nW | 1, heads, d)."""
         a = None
@@ -163,43 +212,82 @@ class WindowAttention(nn.Module):
         Returns:
             (B·nW, N, C).
         """
-        total, n, channels = windows.shape
-        num_windows = total // batch
-        qkv = self.qkv(windows).view(batch, num_windows, n, 3, self.num_heads, self.head_dim)
-        q, k, v = qkv.permute(3, 0, 1, 4, 2, 5).unbind(0)  # each (B, nW, heads, N, d)
-
-        additive = self._bias()  # (heads, N, N)
-        if shift_mask is not None:
-            additive = additive + shift_mask.unsqueeze(1)  # (nW, heads, N, N)
-
         prompted = len(self.hyper) > 0
         if prompted and prompt_embedding is None:
             raise ValueError("this attention block is prompted but no prompt embedding was given.")
         if self.attention_impl == "reference":
-            out = self._reference(q, k, v, additive, prompt_embedding if prompted else None)
+            out = self._reference(windows, batch, shift_mask, prompt_embedding if prompted else None)
+        elif prompted:
+            out = self._rank_one(windows, batch, shift_mask, prompt_embedding)
         else:
-            dropout = self.attn_drop if self.training else 0.0
-            if prompted:
-                a, b = self._prompt_vectors(prompt_embedding, batch, num_windows)
-                q_proj = (q @ a.unsqueeze(-1)) * self.scale  # (B, nW, heads, N, 1)
-                k_proj = k @ b.unsqueeze(-1)  # (B, nW, heads, N, 1)
-                out = F.scaled_dot_product_attention(q_proj, k_proj, v, additive, dropout, scale=1.0)
-            else:
-                out = F.scaled_dot_product_attention(q, k, v, additive, dropout, scale=self.scale)
-
-        out = out.permute(0, 1, 3, 2, 4).reshape(total, n, channels)
+            out = self._fused(windows, batch, shift_mask)
         return self.proj_drop(self.proj(out))
+
+    def _fused(self, windows: torch.Tensor, batch: int, shift_mask: torch.Tensor | None) -> torch.Tensor:
+        """Plain window attention with ``scaled_dot_product_attention`` on 4-D views: (B·nW, N, C)."""
+        total, n, channels = windows.shape
+        # views of the projection, no copy: (B·nW, heads, N, d) each
+        q, k, v = self.qkv(windows).view(total, n, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
+        additive = self._additive(shift_mask)
+        if shift_mask is not None:
+            # SDPA takes a 4-D mask that broadcasts against (B·nW, heads, ...): repeat it per sample
+            additive = additive.unsqueeze(0).expand(batch, -1, -1, -1, -1).reshape(total, self.num_heads, n, n)
+        dropout = self.attn_drop if self.training else 0.0
+        out = F.scaled_dot_product_attention(q, k, v, additive, dropout, scale=self.scale)
+        return out.transpose(1, 2).reshape(total, n, channels)
+
+    def _rank_one(
+        self, windows: torch.Tensor, batch: int, shift_mask: torch.Tensor | None, embedding: torch.Tensor
+    ) -> torch.Tensor:
+        """Prompted attention from ``q·a`` and ``k·b`` (one value per token and head): (B·nW, N, C)."""
+        total, n, channels = windows.shape
+        num_windows = total // batch
+        heads, head_dim = self.num_heads, self.head_dim
+        weight_q, weight_k, weight_v, bias_q, bias_k, bias_v = self._qkv_parts()
+        a, b = self._prompt_vectors(embedding, batch, num_windows)
+        tokens = windows.view(batch, num_windows * n, channels)
+
+        # (x Wqᵀ + bq)·a = x (Wqᵀ a) + bq·a: fold a (and the scale) into a (heads, C) weight
+        a = a * self.scale
+        weight_qa = torch.einsum("hd,hdc->hc", a, weight_q)
+        bias_qa = None if bias_q is None else (a * bias_q).sum(-1)
+        if self.official_batch_prompt_bug:
+            # b differs per window: project k in full, then reduce it with b
+            q_a = F.linear(tokens, weight_qa, bias_qa)
+            k = F.linear(tokens, weight_k.reshape(channels, channels), None if bias_k is None else bias_k.reshape(-1))
+            k_b = torch.einsum("bwnhd,bwhd->bwnh", k.view(batch, num_windows, n, heads, head_dim), b)
+            q_a = q_a.view(batch, num_windows, n, heads)
+        else:
+            # per-sample (heads, C) weight for k·b, stacked with the q·a weight: one batched GEMM
+            b = b[:, 0]
+            weight_kb = torch.einsum("bhd,hdc->bhc", b, weight_k)
+            weight = torch.cat([weight_qa.expand(batch, -1, -1), weight_kb], dim=1)  # (B, 2·heads, C)
+            projected = torch.bmm(tokens, weight.transpose(1, 2))
+            if bias_q is not None:
+                bias = torch.cat([bias_qa.expand(batch, -1), (b * bias_k).sum(-1)], dim=1)  # (B, 2·heads)
+                projected = projected + bias.unsqueeze(1)
+            q_a, k_b = projected.view(batch, num_windows, n, 2, heads).unbind(3)
+        value = F.linear(tokens, weight_v.reshape(channels, channels), None if bias_v is None else bias_v.reshape(-1))
+
+        q_a = q_a.permute(0, 1, 3, 2).unsqueeze(-1)  # (B, nW, heads, N, 1)
+        k_b = k_b.permute(0, 1, 3, 2).unsqueeze(-2)  # (B, nW, heads, 1, N)
+        logits = torch.addcmul(self._additive(shift_mask), q_a, k_b)  # (B, nW, heads, N, N)
+        weights = F.dropout(torch.softmax(logits, dim=-1), self.attn_drop, self.training)
+        out = weights @ value.view(batch, num_windows, n, heads, head_dim).transpose(2, 3)
+        return out.transpose(2, 3).reshape(total, n, channels)
 
     def _reference(
         self,
-        q: torch.Tensor,
-        k: torch.Tensor,
-        v: torch.Tensor,
-        additive: torch.Tensor,
+        windows: torch.Tensor,
+        batch: int,
+        shift_mask: torch.Tensor | None,
         prompt_embedding: torch.Tensor | None,
     ) -> torch.Tensor:
-        """The official math, step by step, with the explicit (d × d) W per window."""
-        batch, num_windows = q.shape[:2]
+        """The official math, step by step, with the explicit (d × d) W per window: (B·nW, N, C)."""
+        total, n, channels = windows.shape
+        num_windows = total // batch
+        qkv = self.qkv(windows).view(batch, num_windows, n, 3, self.num_heads, self.head_dim)
+        q, k, v = qkv.permute(3, 0, 1, 4, 2, 5).unbind(0)  # each (B, nW, heads, N, d)
         q = q * self.scale
         if prompt_embedding is None:
             logits = q @ k.transpose(-2, -1)
@@ -207,9 +295,9 @@ class WindowAttention(nn.Module):
             a, b = self._prompt_vectors(prompt_embedding, batch, num_windows)
             w = a.unsqueeze(-1) * b.unsqueeze(-2)  # (B, nW | 1, heads, d, d)
             logits = q @ w @ k.transpose(-2, -1)
-        weights = torch.softmax(logits + additive, dim=-1)
+        weights = torch.softmax(logits + self._additive(shift_mask), dim=-1)
         weights = F.dropout(weights, self.attn_drop, self.training)
-        return weights @ v
+        return (weights @ v).permute(0, 1, 3, 2, 4).reshape(total, n, channels)
 
 
 class SwinBlock(nn.Module):
@@ -270,25 +358,43 @@ class SwinBlock(nn.Module):
 
     def forward(self, x: torch.Tensor, prompts: Mapping[str, torch.Tensor] | None = None) -> torch.Tensor:
         """(B, H, W, C) -> (B, H, W, C); H and W must be multiples of the window size."""
-        batch, height, width, _ = x.shape
+        _, height, width, _ = x.shape
         window = self.window_size
         if height % window or width % window:
             raise ValueError(f"feature map {height}x{width} is not a multiple of the window size {window}.")
         shift = self.shift_size if min(height, width) > window else 0
 
-        shortcut = x
-        x = self.norm1(x)
+        embedding = self.prompt_proj(prompts) if self.prompt_proj is not None else None
+        mask = shifted_window_mask(height, width, window, shift, x.device) if shift else None
+        if self.attn.attention_impl == "reference":
+            attended = self._attend_rolled(self.norm1(x), shift, mask, embedding)
+        else:
+            attended = self._attend_gathered(self.norm1(x), shift, mask, embedding)
+        x = x + self.drop_path(attended)
+        return x + self.drop_path(self.mlp(self.norm2(x)))
+
+    def _attend_gathered(
+        self, x: torch.Tensor, shift: int, mask: torch.Tensor | None, embedding: torch.Tensor | None
+    ) -> torch.Tensor:
+        """(Shifted) window attention of (B, H, W, C) with one token gather each way."""
+        batch, height, width, channels = x.shape
+        window = self.window_size
+        gather, scatter = window_token_order(height, width, window, shift, x.device)
+        windows = x.reshape(batch, height * width, channels).index_select(1, gather)
+        out = self.attn(windows.view(-1, window * window, channels), batch, mask, embedding)
+        return out.view(batch, height * width, channels).index_select(1, scatter).view(batch, height, width, channels)
+
+    def _attend_rolled(
+        self, x: torch.Tensor, shift: int, mask: torch.Tensor | None, embedding: torch.Tensor | None
+    ) -> torch.Tensor:
+        """The official sequence: roll, window partition, attention, window reverse, roll back."""
+        batch, height, width, channels = x.shape
+        window = self.window_size
         if shift:
             x = torch.roll(x, shifts=(-shift, -shift), dims=(1, 2))
-        mask = shifted_window_mask(height, width, window, shift, x.device) if shift else None
-        embedding = self.prompt_proj(prompts) if self.prompt_proj is not None else None
         windows = self.attn(window_partition(x, (window, window)), batch, mask, embedding)
-        x = window_reverse(windows.view(-1, window, window, x.shape[-1]), (window, window), (batch, height, width))
-        if shift:
-            x = torch.roll(x, shifts=(shift, shift), dims=(1, 2))
-
-        x = shortcut + self.drop_path(x)
-        return x + self.drop_path(self.mlp(self.norm2(x)))
+        x = window_reverse(windows.view(-1, window, window, channels), (window, window), (batch, height, width))
+        return torch.roll(x, shifts=(shift, shift), dims=(1, 2)) if shift else x
 
 
 class PatchExpanding(nn.Module):

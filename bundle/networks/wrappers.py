@@ -50,6 +50,14 @@ class PromptedSegmenter(nn.Module):
         for key in PROMPT_KEYS:
             self.register_buffer(f"prompt_{key}", encoded[key].unsqueeze(0), persistent=False)
 
+    # The wrapper's checkpoint is the wrapped network's, key for key, so MONAI's ckpt_export
+    # and CheckpointLoader load a PerceptGuide checkpoint (models/model.pt) straight into it.
+    def state_dict(self, *args, **kwargs):
+        return self.net.state_dict(*args, **kwargs)
+
+    def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
+        return self.net.load_state_dict(state_dict, strict=strict, assign=assign)
+
     def forward(self, image: torch.Tensor) -> torch.Tensor:
         """(B, C, H, W) -> seg logits (B, seg_classes, H, W) or cls logits (B, cls_classes)."""
         batch = image.shape[0]

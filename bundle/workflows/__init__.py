@@ -1,0 +1,1 @@
+"""Workflow pieces the bundle configs wire into MONAI's ignite engines."""

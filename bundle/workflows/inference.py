@@ -1,0 +1,157 @@
+"""Inference on a user's images: collect and pre-check the files, write masks, overlays and a CSV.
+
+Resize-back strategy: the seg logits are mapped to the original image size with MONAI's
+``Invertd`` through the inverse of the preprocessing (bilinear for logits, then argmax), so the
+mask has exactly the input's size and orientation.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import torch
+from ignite.engine import Engine, Events
+from monai.data import MetaTensor, decollate_batch
+from monai.transforms import Compose, Invertd
+from monai.utils import CommonKeys as Keys
+
+from bundle.transforms.io import DICOM_SUFFIXES, NATURAL_SUFFIXES, NIFTI_SUFFIXES, LoadImage2D, to_unit_range
+from bundle.workflows.overlay import overlay, save_png
+
+__all__ = ["collect_images", "readable_samples", "PredictionWriter", "stem_of"]
+
+logger = logging.getLogger(__name__)
+IMAGE_SUFFIXES = NATURAL_SUFFIXES + DICOM_SUFFIXES + NIFTI_SUFFIXES
+
+
+def stem_of(path: str | Path) -> str:
+    """File name without its image suffix (``a.nii.gz`` -> ``a``)."""
+    name = Path(path).name
+    for suffix in sorted(IMAGE_SUFFIXES, key=len, reverse=True):
+        if name.lower().endswith(suffix):
+            return name[: -len(suffix)]
+    return Path(path).stem
+
+
+def collect_images(input_dir: str | Path | None = None, datalist: str | Path | None = None) -> list[dict]:
+    """Sample dicts ``{"image": path, ...}`` from a folder of images or a datalist JSON.
+
+    A datalist is a JSON list (or ``{"test": [...]}``) of ``{"image": path}`` items that may carry
+    their own prompt names (``organ``, ``object_type``, ``mode``, ``task``); relative paths are
+    taken from the datalist's folder.
+
+    Raises:
+        FileNotFoundError / ValueError naming the folder or file when there is nothing to read.
+    """
+    if (input_dir is None) == (datalist is None):
+        raise ValueError("give exactly one of input_dir and datalist")
+    if datalist is not None:
+        path = Path(datalist)
+        if not path.is_file():
+            raise FileNotFoundError(f"datalist not found: {path}")
+        items = json.loads(path.read_text(encoding="utf-8"))
+        items = items.get("test", items.get("testing", [])) if isinstance(items, dict) else items
+        samples = []
+        for item in items:
+            if "image" not in item:
+                raise ValueError(f"{path}: every item needs an 'image' key, got {item}")
+            samples.append({**item, "image": str((path.parent / item["image"]).resolve())})
+    else:
+        folder = Path(input_dir)
+        if not folder.is_dir():
+            raise FileNotFoundError(f"input_dir is not a folder: {folder}")
+        files = sorted(p for p in folder.iterdir() if p.is_file() and p.name.lower().endswith(IMAGE_SUFFIXES))
+        samples = [{"image": str(p)} for p in files]
+    if not samples:
+        raise ValueError(f"no images ({', '.join(IMAGE_SUFFIXES)}) in {datalist or input_dir}")
+    return samples
+
+
+def readable_samples(samples: Sequence[dict]) -> list[dict]:
+    """The samples whose image file loads; each one that does not is logged with its reason and dropped.
+
+    Checking before the run lets a batch run lose only the bad files instead of stopping.
+    """
+    load = LoadImage2D()
+    kept = []
+    for sample in samples:
+        try:
+            load(sample["image"])
+        except (OSError, ValueError) as err:
+            logger.error("skipping %s: %s", sample["image"], err)
+            continue
+        kept.append(sample)
+    skipped = len(samples) - len(kept)
+    if skipped:
+        logger.error("%d of %d images could not be read and are skipped", skipped, len(samples))
+    if not kept:
+        raise ValueError("none of the input images could be read (see the errors above)")
+    return kept
+
+
+class PredictionWriter:
+    """Writes, per image, the mask at its original size, an overlay, and one ``predictions.csv``.
+
+    Outputs in ``output_dir``: ``<stem>.png`` (or ``<stem>.nii.gz`` for NIfTI input) with 0/255
+    for a binary model and class indices otherwise, ``<stem>_overlay.png``, and
+    ``predictions.csv`` with columns file, ``p_<class>`` per classification class and
+    ``foreground_pixels``.
+
+    Args:
+        output_dir: destination folder.
+        preprocessing: the inference transform chain (its inverse maps logits back).
+        class_names: classification class names, in logit order.
+    """
+
+    def __init__(self, output_dir: str | Path, preprocessing: Compose, class_names: Sequence[str]) -> None:
+        self.output_dir = Path(output_dir)
+        self.invert = Invertd("pred", transform=preprocessing, orig_keys="image", nearest_interp=False)
+        self.class_names = list(class_names)
+        self.rows: list[dict] = []
+        self.load = LoadImage2D()
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.STARTED, lambda _: self.rows.clear())
+        engine.add_event_handler(Events.ITERATION_COMPLETED, self.write_batch)
+        engine.add_event_handler(Events.COMPLETED, self.write_table)
+
+    def write_batch(self, engine: Engine) -> None:
+        seg_logits, cls_logits = engine.state.output[Keys.PRED]
+        probabilities = torch.softmax(cls_logits.float(), 1).cpu()
+        for i, sample in enumerate(decollate_batch(engine.state.batch)):
+            image = sample["image"]
+            logits = self.invert({"image": image, "pred": MetaTensor(seg_logits[i].detach().cpu())})["pred"]
+            mask = logits.argmax(0).numpy().astype(np.uint8)
+            source = Path(str(image.meta["filename_or_obj"]))
+            self._write_mask(mask, source, seg_logits.shape[1])
+            original = to_unit_range(self.load(source)).numpy()
+            save_png(overlay(original, mask), self.output_dir / f"{stem_of(source)}_overlay.png")
+            row = {"file": source.name}
+            row.update({f"p_{name}": round(float(p), 6) for name, p in zip(self.class_names, probabilities[i])})
+            row["foreground_pixels"] = int((mask > 0).sum())
+            self.rows.append(row)
+
+    def _write_mask(self, mask: np.ndarray, source: Path, classes: int) -> None:
+        values = mask * 255 if classes == 2 else mask
+        stem = stem_of(source)
+        if source.name.lower().endswith(NIFTI_SUFFIXES):
+            affine = nib.load(str(source)).affine
+            nib.save(nib.Nifti1Image(values.astype(np.uint8), affine), self.output_dir / f"{stem}.nii.gz")
+        else:
+            save_png(values.astype(np.uint8), self.output_dir / f"{stem}.png")
+
+    def write_table(self, engine: Engine) -> None:
+        self.output_dir.mkdir(parents=True, exist_ok=True)
+        path = self.output_dir / "predictions.csv"
+        fields = ["file", *[f"p_{name}" for name in self.class_names], "foreground_pixels"]
+        with open(path, "w", newline="", encoding="utf-8") as handle:
+            writer = csv.DictWriter(handle, fieldnames=fields)
+            writer.writeheader()
+            writer.writerows(sorted(self.rows, key=lambda row: row["file"]))
+        logger.info("wrote %d masks, overlays and %s", len(self.rows), path)

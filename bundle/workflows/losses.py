@@ -1,0 +1,62 @@
+"""Task-masked multi-task loss of PerceptGuide pretraining."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from monai.losses import DiceCELoss
+from torch import nn
+
+__all__ = ["TaskMaskedLoss", "SEGMENTATION", "CLASSIFICATION"]
+
+SEGMENTATION, CLASSIFICATION = 0, 1
+
+
+class TaskMaskedLoss(nn.Module):
+    """Segmentation loss on segmentation samples plus classification CE on classification samples.
+
+    The segmentation term is ``ce_weight · CE + dice_weight · Dice`` (official 0.4 / 0.6), the
+    Dice being the official one: softmax, squared denominators, background included, pooled
+    over the batch, smoothing 1e-5. A batch without samples of a task adds nothing for it.
+
+    Args:
+        ce_weight: weight of the segmentation cross-entropy.
+        dice_weight: weight of the segmentation Dice loss.
+        cls_weight: weight of the classification cross-entropy.
+    """
+
+    def __init__(self, ce_weight: float = 0.4, dice_weight: float = 0.6, cls_weight: float = 1.0) -> None:
+        super().__init__()
+        self.seg_loss = DiceCELoss(
+            to_onehot_y=True,
+            softmax=True,
+            squared_pred=True,
+            batch=True,
+            smooth_nr=1e-5,
+            smooth_dr=1e-5,
+            lambda_dice=dice_weight,
+            lambda_ce=ce_weight,
+        )
+        self.cls_loss = nn.CrossEntropyLoss()
+        self.cls_weight = cls_weight
+
+    def forward(self, pred: tuple[torch.Tensor, torch.Tensor], target: dict[str, Any]) -> torch.Tensor:
+        """
+        Args:
+            pred: seg logits (B, K, H, W) and cls logits (B, M).
+            target: ``"label"`` (B, 1, H, W) class indices, ``"cls_label"`` (B,), ``"task_id"`` (B,).
+
+        Returns:
+            scalar loss.
+        """
+        seg_logits, cls_logits = pred
+        task = target["task_id"].view(-1)
+        loss = seg_logits.new_zeros(())
+        seg = task == SEGMENTATION
+        if seg.any():
+            loss = loss + self.seg_loss(seg_logits[seg], target["label"][seg])
+        cls = task == CLASSIFICATION
+        if cls.any():
+            loss = loss + self.cls_weight * self.cls_loss(cls_logits[cls], target["cls_label"].view(-1)[cls])
+        return loss

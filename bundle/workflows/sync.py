@@ -1,0 +1,31 @@
+"""Downstream synchronization: only the prompt projections of a pretrained model learn."""
+
+from __future__ import annotations
+
+import logging
+
+from torch import nn
+
+__all__ = ["prompt_parameters", "PROMPT_PARAMETER_TAG"]
+
+logger = logging.getLogger(__name__)
+# Official name: ``*_prompt_proj_mlp``; here every decoder block's ``prompt_proj`` module.
+PROMPT_PARAMETER_TAG = ".prompt_proj."
+
+
+def prompt_parameters(network: nn.Module) -> list[nn.Parameter]:
+    """Freeze every parameter except the prompt projections and return those, for the optimizer.
+
+    Raises:
+        ValueError: when the network has no prompt projections (built with ``prompt=False``).
+    """
+    trainable = []
+    for name, parameter in network.named_parameters():
+        parameter.requires_grad_(PROMPT_PARAMETER_TAG in name)
+        if parameter.requires_grad:
+            trainable.append(parameter)
+    if not trainable:
+        raise ValueError("the network has no prompt projections to synchronize (was it built with prompt=False?)")
+    total = sum(p.numel() for p in network.parameters())
+    logger.info("sync trains %d of %d parameters (prompt projections only)", sum(p.numel() for p in trainable), total)
+    return trainable
