@@ -74,8 +74,8 @@ def test_data_root_overrides_the_registry_folder(tmp_path):
     "entry, message",
     [
         ("{name: A, task: detection, organ: breast, object_type: tumor}", "dataset 'A'.*unknown task 'detection'"),
-        ("{name: A, task: segmentation, organ: brain, object_type: tumor}", "dataset 'A'.*unknown organ 'brain'.*extra_organs"),
-        ("{name: A, task: segmentation, organ: breast, object_type: lesion}", "dataset 'A'.*unknown object_type 'lesion'"),
+        ("{name: A, task: segmentation, organ: brain, object_type: tumor}", "'A'.*unknown organ 'brain'.*extra_organs"),
+        ("{name: A, task: segmentation, organ: breast, object_type: lesion}", "'A'.*unknown object_type 'lesion'"),
         ("{name: A, task: segmentation, organ: breast}", r"datasets\[0\]: missing keys \['object_type'\]"),
         ("{name: A, task: segmentation, organ: breast, object_type: tumor, colour: red}", r"unknown keys \['colour'\]"),
         ("{name: A, task: segmentation, organ: breast, object_type: tumor}", "dataset 'A'.*declare 'classes'"),

@@ -108,7 +108,9 @@ def test_classification_dataset_without_masks_stays_whole(registry, samples):
     _check_sample(out, source, "whole")
 
 
-@pytest.mark.parametrize("task, dataset", [("segmentation", "BUSI"), ("segmentation", "Fetal_HC"), ("classification", "BUSI")])
+@pytest.mark.parametrize(
+    "task, dataset", [("segmentation", "BUSI"), ("segmentation", "Fetal_HC"), ("classification", "BUSI")]
+)
 def test_train_chain_draws_every_allowed_mode_with_valid_samples(registry, samples, task, dataset):
     chain = train_transforms(SIZE, registry)
     chain.set_random_state(seed=3)

@@ -28,7 +28,8 @@ def _write_dicom(path: Path, pixels: np.ndarray) -> None:
     meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID = UltrasoundImageStorage, generate_uid()
     meta.TransferSyntaxUID = ExplicitVRLittleEndian
     ds = Dataset()
-    ds.file_meta, ds.SOPClassUID, ds.SOPInstanceUID = meta, meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
+    ds.file_meta, ds.SOPClassUID = meta, meta.MediaStorageSOPClassUID
+    ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
     ds.Modality, (ds.Rows, ds.Columns) = "US", pixels.shape[:2]
     ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 8, 8, 7, 0
     ds.SamplesPerPixel = 1 if pixels.ndim == 2 else 3
@@ -111,7 +112,8 @@ def test_demo_data_verifies_clean(broken_copy):
 def test_corrupt_image_is_named(broken_copy, damage):
     registry, samples, image, _ = broken_copy
     data = image.read_bytes()
-    image.write_bytes({"garbage": b"\x89PNG\r\n\x1a\n not a png", "truncated": data[: len(data) // 2], "empty": b""}[damage])
+    broken = {"garbage": b"\x89PNG\r\n\x1a\n not a png", "truncated": data[: len(data) // 2], "empty": b""}
+    image.write_bytes(broken[damage])
     with pytest.raises(ValueError, match=f"cannot read image file {image}"):
         verify_samples(samples, registry)
 
@@ -119,7 +121,8 @@ def test_corrupt_image_is_named(broken_copy, damage):
 def test_mask_of_another_size_is_named(broken_copy):
     registry, samples, image, label = broken_copy
     Image.open(label).resize((100, 80), Image.Resampling.NEAREST).save(label)
-    with pytest.raises(ValueError, match=rf"label file {label} is \(80, 100\) \(H, W\) but its image {image} is \(256, 256\)"):
+    message = rf"label file {label} is \(80, 100\) \(H, W\) but its image {image} is \(256, 256\)"
+    with pytest.raises(ValueError, match=message):
         verify_samples(samples, registry)
 
 
@@ -128,7 +131,8 @@ def test_undeclared_mask_value_is_named(broken_copy):
     mask = np.asarray(Image.open(label)).copy()
     mask[:3, :3] = 128
     Image.fromarray(mask).save(label)
-    with pytest.raises(ValueError, match=rf"label file {label} has mask values \[128\] that dataset 'TG3K' does not declare"):
+    message = rf"label file {label} has mask values \[128\] that dataset 'TG3K' does not declare"
+    with pytest.raises(ValueError, match=message):
         verify_samples(samples, registry)
 
 

@@ -52,7 +52,9 @@ def datalist_samples(datalist: str | Path, split: str, registry: DatasetRegistry
     entries = content[key]
     if not isinstance(entries, list):
         raise ValueError(f"datalist {path}: '{key}' must be a list of entries")
-    return [_entry_sample(entry, f"datalist {path}, {key}[{i}]", path.parent, registry) for i, entry in enumerate(entries)]
+    return [
+        _entry_sample(entry, f"datalist {path}, {key}[{i}]", path.parent, registry) for i, entry in enumerate(entries)
+    ]
 
 
 def _entry_sample(entry: object, where: str, base: Path, registry: DatasetRegistry) -> dict:

@@ -47,7 +47,8 @@ def _dataset_samples(spec: DatasetSpec, split: str, source: Path) -> list[dict]:
             continue
         where = f"{list_file}, line {number}"
         if spec.task == SEGMENTATION:
-            samples.append(make_sample(spec, spec.root / "imgs" / name, _mask_path(spec.root / "masks", name), None, where))
+            mask = _mask_path(spec.root / "masks", name)
+            samples.append(make_sample(spec, spec.root / "imgs" / name, mask, None, where))
         else:
             samples.append(make_sample(spec, spec.root / name, _class_index(name, where), _cls_mask(spec, name), where))
     return samples

@@ -176,7 +176,7 @@ def read_official_config(path: Path, task: str) -> tuple[tuple[str, ...], tuple[
             index = int(fields[0])
             value = int(fields[2]) if task == SEGMENTATION else index
         except ValueError:
-            raise ValueError(f"{path}, line {number}: index and mask value must be integers: '{line.strip()}'") from None
+            raise ValueError(f"{path}, line {number}: index and value must be integers: '{line.strip()}'") from None
         if index in rows:
             raise ValueError(f"{path}, line {number}: class index {index} given twice")
         rows[index] = (fields[1], value)
@@ -215,7 +215,7 @@ def _parse_entry(
     root = _resolve(base, entry.get("root"))
     mask_dir = _resolve(base, entry.get("mask_dir"))
     if mask_dir is not None and task != CLASSIFICATION:
-        raise ValueError(f"{where}: 'mask_dir' applies to classification datasets only (segmentation masks are in root/masks)")
+        raise ValueError(f"{where}: 'mask_dir' applies to classification datasets only (segmentation: root/masks)")
     if "classes" in entry:
         names, values = _parse_classes(entry["classes"], task, where)
     elif root is not None:
@@ -230,7 +230,7 @@ def _parse_entry(
 def _parse_classes(classes: Any, task: str, where: str) -> tuple[tuple[str, ...], tuple[int, ...]]:
     if task == SEGMENTATION:
         if not isinstance(classes, Mapping) or len(classes) < 2:
-            raise ValueError(f"{where}: segmentation 'classes' must map >= 2 class names to mask values, got {classes!r}")
+            raise ValueError(f"{where}: segmentation 'classes' must map >= 2 names to mask values, got {classes!r}")
         values = tuple(classes.values())
         if not all(isinstance(v, int) and not isinstance(v, bool) for v in values) or len(set(values)) != len(values):
             raise ValueError(f"{where}: segmentation mask values must be distinct integers, got {dict(classes)}")

@@ -163,7 +163,9 @@ def make_datalist(
     if CLASSIFICATION in spec.tasks:
         unclassed = [str(s.image) for s in scanned if s.class_name is None]
         if unclassed or len(classes) < 2:
-            raise ValueError(f"classification needs >= 2 class folders under {root}; images outside them: {unclassed[:3]}")
+            raise ValueError(
+                f"classification needs >= 2 class folders under {root}; images outside them: {unclassed[:3]}"
+            )
     unmasked = [str(s.image) for s in scanned if not s.masks]
     if SEGMENTATION in spec.tasks and unmasked:
         raise ValueError(f"{len(unmasked)} images have no mask for segmentation, e.g. {unmasked[:3]}")

@@ -8,7 +8,13 @@ Config one-liners::
 """
 
 from bundle.transforms.builders import inference_transforms, load_transforms, train_transforms, val_transforms
-from bundle.transforms.geometry import GEOMETRIES, ShortSideResize, ShortSideResized, official_augmentation, resize_to_square
+from bundle.transforms.geometry import (
+    GEOMETRIES,
+    ShortSideResize,
+    ShortSideResized,
+    official_augmentation,
+    resize_to_square,
+)
 from bundle.transforms.io import LoadImage2D, LoadUltrasoundd, channels_to_rgb, reader_for, to_unit_range
 from bundle.transforms.masks import MaskToIndicesd
 from bundle.transforms.prompt_mode import (

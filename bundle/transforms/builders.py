@@ -81,7 +81,12 @@ def val_transforms(
         load_transforms(registry)
         + [PromptModed(mode)]
         + resize_to_square(SPATIAL_KEYS, image_size, geometry)
-        + [Lambdad("image", channels_to_rgb), TaskTargetsd(), EncodePromptsd(registry.vocabulary), SelectItemsd(SAMPLE_KEYS)]
+        + [
+            Lambdad("image", channels_to_rgb),
+            TaskTargetsd(),
+            EncodePromptsd(registry.vocabulary),
+            SelectItemsd(SAMPLE_KEYS),
+        ]
     )
 
 

@@ -74,7 +74,9 @@ class ShortSideResized(Resized):
         anti_aliasing: Sequence[bool] | bool = (True, False),
         allow_missing_keys: bool = True,
     ) -> None:
-        super().__init__(keys, spatial_size, mode=mode, anti_aliasing=anti_aliasing, allow_missing_keys=allow_missing_keys)
+        super().__init__(
+            keys, spatial_size, mode=mode, anti_aliasing=anti_aliasing, allow_missing_keys=allow_missing_keys
+        )
         self.resizer = ShortSideResize(spatial_size=spatial_size)
 
 
@@ -107,7 +109,9 @@ def resize_to_square(keys: KeysCollection, size: int, geometry: str = "crop") ->
     raise ValueError(f"unknown geometry '{geometry}', expected one of {list(GEOMETRIES)}")
 
 
-def official_augmentation(keys: KeysCollection, max_angle_deg: float = 20.0, zoom: tuple[float, float] = (0.8, 1.2)) -> OneOf:
+def official_augmentation(
+    keys: KeysCollection, max_angle_deg: float = 20.0, zoom: tuple[float, float] = (0.8, 1.2)
+) -> OneOf:
     """The official cascade: h-flip if r1 > 0.5, elif r2 > 0.5 rotate, elif r3 > 0.5 zoom.
 
     As one MONAI ``OneOf``: flip 1/2, rotate 1/4 (uniform in +-``max_angle_deg``), zoom 1/8

@@ -98,21 +98,23 @@ class PromptModed(MapTransform, InvertibleTransform):
         """The requested mode of this sample."""
         mode = d.get("mode", self.mode)
         if mode not in MODES:
-            raise ValueError(f"sample {file_of(d.get(self.image_key))}: unknown mode '{mode}', expected one of {list(MODES)}")
+            source = file_of(d.get(self.image_key))
+            raise ValueError(f"sample {source}: unknown mode '{mode}', expected one of {list(MODES)}")
         return str(mode)
 
     def __call__(self, data: Mapping[Hashable, object]) -> dict:
         d = dict(data)
         foreground = self._foreground(d)
         mode = self.choose(d, foreground)
-        if foreground is None and not self.keep_without_mask:
-            mode = WHOLE
-        elif foreground is not None and not self._applicable(mode, d["task"], foreground):
+        if foreground is None:
+            mode = mode if self.keep_without_mask else WHOLE
+        elif not self._applicable(mode, d["task"], foreground):
             mode = WHOLE
         image = d[self.image_key]
-        slices = local_square(foreground) if mode == LOCAL and foreground is not None else (
-            slice(0, image.shape[1]), slice(0, image.shape[2]))
-        if mode == LOCATION and foreground is not None:
+        slices = (slice(0, image.shape[1]), slice(0, image.shape[2]))
+        if foreground is not None and mode == LOCAL:
+            slices = local_square(foreground)
+        if foreground is not None and mode == LOCATION:
             d[self.image_key] = location_mark(image, foreground)
         for key in self.key_iterator(d):
             d[key] = self.cropper(d[key], slices)
