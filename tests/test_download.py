@@ -29,8 +29,6 @@ import torch
 from monai.apps.utils import HashCheckError
 from monai.bundle import ConfigParser, download, download_large_files, verify_metadata
 
-from bundle.networks import PerceptGuide
-
 REPO_ROOT = Path(__file__).resolve().parents[1]
 PACK_SCRIPT = REPO_ROOT / "scripts" / "pack_bundle.py"
 METADATA = json.loads((REPO_ROOT / "configs" / "metadata.json").read_text())
@@ -116,13 +114,10 @@ def server(tmp_path_factory):
 def _write_weights(path: Path) -> None:
     """A real PerceptGuide checkpoint, of the inference config's network narrowed by ``SMALL_NET``."""
     torch.manual_seed(0)
-    if INFERENCE_CONFIG.is_file():
-        parser = ConfigParser()
-        parser.read_config(str(INFERENCE_CONFIG))
-        parser.update({f"network_def#{key}": value for key, value in SMALL_NET.items()})
-        net = parser.get_parsed_content("network_def")
-    else:
-        net = PerceptGuide(**SMALL_NET)
+    parser = ConfigParser()
+    parser.read_config(str(INFERENCE_CONFIG))
+    parser.update({f"network_def#{key}": value for key, value in SMALL_NET.items()})
+    net = parser.get_parsed_content("network_def")
     path.parent.mkdir(parents=True, exist_ok=True)
     torch.save(net.state_dict(), path)
 
@@ -280,8 +275,6 @@ def _infer(bundle_root: Path, images: Path, out: Path, checkpoint: Path | str) -
 
 
 def test_inference_from_the_download_equals_inference_from_the_source(release, downloaded, tmp_path):
-    if not INFERENCE_CONFIG.is_file():
-        pytest.skip("configs/inference.yaml is absent (being written under issue 6)")
     images = tmp_path / "images"
     images.mkdir()
     for image in sorted((REPO_ROOT / "data" / "demo" / "segmentation" / "BUSI" / "imgs").glob("*.png"))[:3]:

@@ -97,27 +97,20 @@ def test_logging_conf_sends_info_to_stdout():
             root.removeHandler(handler)
 
 
-def test_network_matches_the_input_and_output_description(tmp_path):
-    # a narrow PerceptGuide behind the single-input wrapper that MONAI's tools call
-    config = {
-        "network_def": {
-            "_target_": "bundle.networks.PerceptGuide",
-            "embed_dim": 12,
-            "encoder_depths": [1, 1],
-            "decoder_depths": [1, 1],
-            "num_heads": [1, 2],
-        },
-        "network": {
-            "_target_": "bundle.networks.wrappers.PromptedSegmenter",
-            "net": "@network_def",
-            "organ": "breast",
-            "object_type": "tumor",
-        },
-    }
-    config_file = tmp_path / "network.json"
-    config_file.write_text(json.dumps(config))
+@pytest.mark.parametrize("overrides", [{}, {"organ": "head", "object_type": "organ", "mode": "local"}])
+def test_inference_network_matches_the_input_and_output_description(overrides):
+    # the single-input view of configs/inference.yaml, narrowed: the I/O contract does not depend on width
+    narrow = {"network_def#embed_dim": 12, "network_def#encoder_depths": [1, 1], "network_def#decoder_depths": [1, 1]}
+    narrow["network_def#num_heads"] = [1, 2]
     # raises ValueError if the output channels or dtype differ from the metadata's "pred"
-    verify_net_in_out(net_id="network", meta_file=str(META_FILE), config_file=str(config_file), device="cpu")
+    verify_net_in_out(
+        net_id="segmenter_def",
+        meta_file=str(META_FILE),
+        config_file=str(REPO_ROOT / "configs" / "inference.yaml"),
+        device="cpu",
+        **narrow,
+        **overrides,
+    )
 
 
 def test_verify_net_in_out_rejects_a_wrong_channel_count(tmp_path):
