@@ -37,6 +37,8 @@ class SegmentationDecoder(nn.Module):
         drop_path: stochastic depth rates per level.
         seg_classes: output channels.
         patch_size: the final expansion factor (back to the input resolution).
+        fused_head: apply the 1×1 output convolution before the final depth-to-space (same
+            numbers, far less memory traffic); False keeps the official order.
         stage_kwargs: :class:`SwinStage` arguments shared by all stages.
     """
 
@@ -48,9 +50,11 @@ class SegmentationDecoder(nn.Module):
         drop_path: Sequence[Sequence[float]],
         seg_classes: int,
         patch_size: int,
+        fused_head: bool = True,
         **stage_kwargs,
     ) -> None:
         super().__init__()
+        self.fused_head = fused_head
         levels = len(depths)
         bottleneck_dim = embed_dim * 2 ** (levels - 1)
         self.expand_bottleneck = PatchExpanding(bottleneck_dim, bottleneck_dim // 2)
@@ -88,8 +92,10 @@ class SegmentationDecoder(nn.Module):
         x = self.expand_bottleneck(bottleneck)
         for fuse, stage, skip in zip(self.fuse, self.stages, reversed(skips[:-1])):
             x = stage(fuse(torch.cat([x, skip], dim=-1)), prompts)
-        x = self.final_expand(self.norm(x))
-        return self.out(x.permute(0, 3, 1, 2))
+        x = self.norm(x)
+        if self.fused_head:
+            return self.final_expand.project(x, self.out.weight.flatten(1))
+        return self.out(self.final_expand(x).permute(0, 3, 1, 2))
 
 
 class ClassificationDecoder(nn.Module):
@@ -258,7 +264,14 @@ class PerceptGuide(nn.Module):
         )
         decoder_rates = _drop_path_rates(decoder_depths, drop_path_rate)
         self.seg_decoder = SegmentationDecoder(
-            embed_dim, decoder_depths, num_heads, decoder_rates, seg_classes, patch_size, **decoder_common
+            embed_dim,
+            decoder_depths,
+            num_heads,
+            decoder_rates,
+            seg_classes,
+            patch_size,
+            fused_head=attention_impl == "fast",
+            **decoder_common,
         )
         self.cls_decoder = ClassificationDecoder(
             embed_dim, decoder_depths, num_heads, decoder_rates, cls_classes, **decoder_common

@@ -228,9 +228,11 @@ class WindowAttention(nn.Module):
         total, n, channels = windows.shape
         # views of the projection, no copy: (B·nW, heads, N, d) each
         q, k, v = self.qkv(windows).view(total, n, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
+        # the CPU flash kernel takes a 4-D mask broadcasting against (B·nW, heads, N, N)
         additive = self._additive(shift_mask)
-        if shift_mask is not None:
-            # SDPA takes a 4-D mask that broadcasts against (B·nW, heads, ...): repeat it per sample
+        if shift_mask is None:
+            additive = additive.unsqueeze(0)
+        else:
             additive = additive.unsqueeze(0).expand(batch, -1, -1, -1, -1).reshape(total, self.num_heads, n, n)
         dropout = self.attn_drop if self.training else 0.0
         out = F.scaled_dot_product_attention(q, k, v, additive, dropout, scale=self.scale)
@@ -414,11 +416,35 @@ class PatchExpanding(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(B, H, W, C) -> (B, scale·H, scale·W, out_dim)."""
+        pixels = self._expanded(x)
+        batch, height, width, s, _, channels = pixels.shape
+        return pixels.transpose(2, 3).reshape(batch, height * s, width * s, channels)
+
+    def project(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        """Expand, normalise and map each output pixel by ``weight`` (K, out_dim), channels-first.
+
+        Equals :meth:`forward` followed by a bias-free 1×1 convolution, but the depth-to-space
+        moves K channels instead of out_dim (the largest map of the network at the input size).
+
+        Args:
+            x: (B, H, W, C).
+            weight: (K, out_dim).
+
+        Returns:
+            (B, K, scale·H, scale·W).
+        """
+        pixels = F.linear(self._expanded(x), weight)
+        batch, height, width, s, _, classes = pixels.shape
+        return pixels.permute(0, 5, 1, 3, 2, 4).reshape(batch, classes, height * s, width * s)
+
+    def _expanded(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, H, W, C) -> normalised sub-pixels (B, H, W, scale, scale, out_dim).
+
+        The Linear's channel order is (p1 p2 c), as official; LayerNorm acts per output pixel, so
+        it runs before the depth-to-space and gives the same numbers.
+        """
         batch, height, width, _ = x.shape
-        s = self.scale
-        x = self.expand(x).view(batch, height, width, s, s, -1)  # channel order (p1 p2 c), as official
-        x = x.permute(0, 1, 3, 2, 4, 5).reshape(batch, height * s, width * s, -1)
-        return self.norm(x)
+        return self.norm(self.expand(x).view(batch, height, width, self.scale, self.scale, -1))
 
 
 class ChannelHalving(nn.Module):
