@@ -285,3 +285,40 @@ def test_inference_from_the_download_equals_inference_from_the_source(release, d
     assert set(masks) <= set(from_source)
     assert {name: from_download.get(name) for name in masks} == {name: from_source[name] for name in masks}
     assert set(from_download) == set(from_source)
+
+
+def _minimal_tree(root: Path, metadata: dict) -> Path:
+    for name, text in {"LICENSE": "licence", "bundle/__init__.py": "", "configs/metadata.json": json.dumps(metadata)}.items():
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_text(text)
+    return root
+
+
+@pytest.mark.parametrize(
+    "metadata, arguments, message",
+    [
+        ({"version": "0.1.0"}, [], "configs/metadata.json: key 'name'"),
+        ({"name": "a.b", "version": "0.1.0"}, [], "key 'name' must not contain '.'"),
+        ({"name": "x", "version": "0.1.0"}, ["--weights", "models/none.pt", "--base-url", "http://h"], "no such file"),
+        ({"name": "x", "version": "0.1.0"}, ["--weights", "../outside.pt", "--base-url", "http://h"], "inside the bundle"),
+        ({"name": "x", "version": "0.1.0"}, ["--weights", "models/none.pt"], "--weights and --base-url go together"),
+    ],
+)
+def test_pack_refuses_bad_input_naming_the_cause(tmp_path, capsys, metadata, arguments, message):
+    root = _minimal_tree(tmp_path / "tree", metadata)
+    assert pack_bundle.main(["--root", str(root), "--dist-dir", str(tmp_path / "dist"), *arguments]) == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "dist").exists() or not any((tmp_path / "dist").iterdir())
+
+
+def test_pack_refuses_symlinks(tmp_path, capsys):
+    root = _minimal_tree(tmp_path / "tree", {"name": "x", "version": "0.1.0"})
+    (root / "configs" / "link.yaml").symlink_to(root / "LICENSE")
+    assert pack_bundle.main(["--root", str(root), "--dist-dir", str(tmp_path / "dist")]) == 2
+    assert "link.yaml: only regular files" in capsys.readouterr().err
+
+
+def test_verify_refuses_a_malformed_checksum_file(tmp_path):
+    (tmp_path / "SHA256SUMS").write_text("not-a-digest  LICENSE\n")
+    checked = run(sys.executable, REPO_ROOT / "scripts" / "verify_bundle.py", "--bundle_path", tmp_path, check=False)
+    assert checked.returncode == 2 and "SHA256SUMS: line 1 is not '<sha256>  <relative path>'" in checked.stderr
