@@ -50,7 +50,7 @@ SMALL_NET = {
 }
 PROMPTS = {"organ": "head", "object_type": "organ"}
 TRAIN_IMAGES = 6
-FULL_EPOCHS = 30
+FULL_EPOCHS = 20
 VENV_BUILD_TIMEOUT = 1800  # a cold build takes about 4-6 minutes here
 READY_TIMEOUT = 180
 TRAIN_TIMEOUT = 600
@@ -148,6 +148,10 @@ def dice(mask: np.ndarray, truth: np.ndarray) -> float:
     return float(2 * (prediction & truth).sum() / max(prediction.sum() + truth.sum(), 1))
 
 
+def truth_of(image: Path) -> np.ndarray:
+    return np.asarray(Image.open(DEMO / "Fetal_HC" / "masks" / image.name))
+
+
 def digest(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
@@ -242,10 +246,6 @@ def trained(server, setup) -> dict:
     return {"before": before, "after": dices(), "weights_before": weights, "state": state}
 
 
-def truth_of(image: Path) -> np.ndarray:
-    return np.asarray(Image.open(DEMO / "Fetal_HC" / "masks" / image.name))
-
-
 def test_info_lists_the_bundle_model_and_its_labels(server):
     info = server.info()
     assert list(info["models"]) == [MODEL]
@@ -324,12 +324,6 @@ def test_sync_training_for_one_epoch_changes_the_weights_the_next_infer_uses(ser
     _, new = server.infer(image)
     assert new["weights"] == new_weights
     assert server.info()["train_stats"][MODEL]["mode"] == "sync"
-
-
-def test_train_with_an_unknown_mode_ends_in_error_naming_the_allowed_modes(server, trained):
-    state = server.train(mode="everything", max_epochs=1)
-    assert state["status"] == "ERROR"
-    assert any("unknown train mode 'everything'" in line and "sync" in line for line in state["details"]), state
 
 
 def test_eight_concurrent_infers_all_succeed_with_identical_masks(server, setup):

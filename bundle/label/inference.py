@@ -24,10 +24,10 @@ from typing import Any
 import torch
 from monai.bundle import ConfigParser
 
+from bundle.data.files import stem_of
 from bundle.networks import load_weights
 from bundle.prompts import PromptVocabulary
 from bundle.transforms import LoadImage2D
-from bundle.workflows.inference import stem_of
 
 __all__ = ["PROMPT_NAMES", "BundleInference", "Prediction", "RequestError", "file_digest"]
 
@@ -139,13 +139,15 @@ class BundleInference:
             RequestError: unknown prompt name (422) or an image the bundle cannot read (422).
         """
         prompts = self.prompts_for(params)
+        image = Path(image)
         try:
             LoadImage2D()(image)
         except (OSError, ValueError) as err:
-            raise RequestError(422, f"cannot read image {Path(image).name}: {err}") from None
+            raise RequestError(422, f"cannot read image {image.name}: {err}") from None
         work_dir = Path(work_dir)
+        work_dir.mkdir(parents=True, exist_ok=True)
         datalist = work_dir / "datalist.json"
-        datalist.write_text(json.dumps([{"image": str(Path(image).resolve()), **prompts}]))
+        datalist.write_text(json.dumps([{"image": str(image.resolve()), **prompts}]))
         output_dir = work_dir / "out"
         with self._lock:
             network = self._current_network()
