@@ -62,6 +62,13 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+def command_line(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+    except OSError:
+        return ""
+
+
 def session_processes(session: int) -> list[int]:
     """Pids of the live processes in ``session`` (the server script, the server, its training runs)."""
     pids = []
@@ -94,8 +101,9 @@ def multipart(fields: dict[str, str], files: dict[str, tuple[str, bytes]]) -> tu
 class Client:
     """Plain urllib calls to the server; every answer is (status, headers, body bytes)."""
 
-    def __init__(self, base: str) -> None:
+    def __init__(self, base: str, process: subprocess.Popen) -> None:
         self.base = base
+        self.process = process
 
     def call(self, method: str, path: str, body: bytes | None = None, content_type: str | None = None, timeout: float = 120):
         request = urllib.request.Request(self.base + path, data=body, method=method)
@@ -201,7 +209,7 @@ def server(setup) -> Iterator[Client]:
         "--conf", "object_type", PROMPTS["object_type"],
     ]  # fmt: skip
     process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    client = Client(f"http://127.0.0.1:{port}")
+    client = Client(f"http://127.0.0.1:{port}", process)
     try:
         deadline = time.monotonic() + READY_TIMEOUT
         while True:
@@ -248,6 +256,7 @@ def trained(server, setup) -> dict:
 
 def test_info_lists_the_bundle_model_and_its_labels(server):
     info = server.info()
+    assert info["version"] == json.loads((REPO_ROOT / "configs" / "metadata.json").read_text())["version"]
     assert list(info["models"]) == [MODEL]
     model = info["models"][MODEL]
     assert model["type"] == "segmentation" and model["dimension"] == 2
@@ -334,3 +343,20 @@ def test_eight_concurrent_infers_all_succeed_with_identical_masks(server, setup)
     for mask, result in results[1:]:
         np.testing.assert_array_equal(mask, results[0][0])
         assert result["probabilities"] == results[0][1]["probabilities"]
+
+
+def test_sigterm_during_training_stops_the_server_and_the_training_run(server):
+    """The module's last test: it stops the shared server the way a user's Ctrl-C or SIGTERM does."""
+    body = json.dumps({"mode": "full", "max_epochs": 1000}).encode()
+    assert server.call("POST", f"/train/{MODEL}", body, "application/json")[0] == 200
+    session = server.process.pid
+    deadline = time.monotonic() + READY_TIMEOUT
+    while not any("-m train" in command_line(pid) for pid in session_processes(session)):
+        assert time.monotonic() < deadline, "the training subprocess never started"
+        time.sleep(0.5)
+    server.process.send_signal(signal.SIGTERM)
+    assert server.process.wait(timeout=60) == 0
+    deadline = time.monotonic() + 30
+    while session_processes(session) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert [command_line(pid) for pid in session_processes(session)] == []

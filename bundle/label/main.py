@@ -13,6 +13,7 @@ as ``--conf KEY VALUE`` (all optional):
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 from typing import Any
@@ -65,6 +66,7 @@ class PerceptGuideApp(MONAILabelApp):
             conf=conf,
             name="PerceptGuide",
             description="Prompt-guided ultrasound segmentation and classification (PerceptGuide bundle)",
+            version=json.loads((self.bundle_root / "configs" / "metadata.json").read_text())["version"],
         )
 
     def init_infers(self) -> dict[str, InferTask]:
