@@ -21,22 +21,13 @@ from monai.data import MetaTensor, decollate_batch
 from monai.transforms import Compose, Invertd
 from monai.utils import CommonKeys as Keys
 
-from bundle.transforms.io import DICOM_SUFFIXES, NATURAL_SUFFIXES, NIFTI_SUFFIXES, LoadImage2D, to_unit_range
+from bundle.data.files import NIFTI_SUFFIXES, folder_samples, stem_of
+from bundle.transforms.io import LoadImage2D, to_unit_range
 from bundle.workflows.overlay import overlay, save_png
 
-__all__ = ["collect_images", "readable_samples", "PredictionWriter", "stem_of"]
+__all__ = ["collect_images", "readable_samples", "PredictionWriter"]
 
 logger = logging.getLogger(__name__)
-IMAGE_SUFFIXES = NATURAL_SUFFIXES + DICOM_SUFFIXES + NIFTI_SUFFIXES
-
-
-def stem_of(path: str | Path) -> str:
-    """File name without its image suffix (``a.nii.gz`` -> ``a``)."""
-    name = Path(path).name
-    for suffix in sorted(IMAGE_SUFFIXES, key=len, reverse=True):
-        if name.lower().endswith(suffix):
-            return name[: -len(suffix)]
-    return Path(path).stem
 
 
 def collect_images(input_dir: str | Path | None = None, datalist: str | Path | None = None) -> list[dict]:
@@ -51,25 +42,20 @@ def collect_images(input_dir: str | Path | None = None, datalist: str | Path | N
     """
     if (input_dir is None) == (datalist is None):
         raise ValueError("give exactly one of input_dir and datalist")
-    if datalist is not None:
-        path = Path(datalist)
-        if not path.is_file():
-            raise FileNotFoundError(f"datalist not found: {path}")
-        items = json.loads(path.read_text(encoding="utf-8"))
-        items = items.get("test", items.get("testing", [])) if isinstance(items, dict) else items
-        samples = []
-        for item in items:
-            if "image" not in item:
-                raise ValueError(f"{path}: every item needs an 'image' key, got {item}")
-            samples.append({**item, "image": str((path.parent / item["image"]).resolve())})
-    else:
-        folder = Path(input_dir)
-        if not folder.is_dir():
-            raise FileNotFoundError(f"input_dir is not a folder: {folder}")
-        files = sorted(p for p in folder.iterdir() if p.is_file() and p.name.lower().endswith(IMAGE_SUFFIXES))
-        samples = [{"image": str(p)} for p in files]
+    if input_dir is not None:
+        return folder_samples(input_dir)
+    path = Path(datalist)
+    if not path.is_file():
+        raise FileNotFoundError(f"datalist not found: {path}")
+    items = json.loads(path.read_text(encoding="utf-8"))
+    items = items.get("test", items.get("testing", [])) if isinstance(items, dict) else items
+    samples = []
+    for item in items:
+        if "image" not in item:
+            raise ValueError(f"{path}: every item needs an 'image' key, got {item}")
+        samples.append({**item, "image": str((path.parent / item["image"]).resolve())})
     if not samples:
-        raise ValueError(f"no images ({', '.join(IMAGE_SUFFIXES)}) in {datalist or input_dir}")
+        raise ValueError(f"datalist {path} lists no images")
     return samples
 
 

@@ -1,7 +1,9 @@
 """Save the full training state every epoch and resume from the newest one.
 
 Both handlers add the engine they are attached to as ``"trainer"`` in the saved / restored
-objects: listing the trainer in its own handlers' config would be a circular reference.
+objects: listing the trainer in its own handlers' config would be a circular reference. The
+saver writes atomically (temporary file, then rename): MONAI's CheckpointSaver does not, and a
+run killed while saving would leave a truncated file that cannot be resumed from.
 """
 
 from __future__ import annotations
@@ -10,25 +12,26 @@ import logging
 import re
 from pathlib import Path
 
-from ignite.engine import Engine
-from monai.handlers import CheckpointLoader, CheckpointSaver
+from ignite.engine import Engine, Events
+from ignite.handlers import Checkpoint, DiskSaver, global_step_from_engine
+from monai.handlers import CheckpointLoader
 
 __all__ = ["ResumeFromLatest", "TrainingStateSaver", "latest_checkpoint"]
 
 logger = logging.getLogger(__name__)
-_EPOCH = re.compile(r"checkpoint_epoch=(\d+)\.pt$")
+_EPOCH = re.compile(r"^checkpoint_(\d+)\.pt$")
 
 
 def latest_checkpoint(ckpt_dir: str | Path) -> Path | None:
-    """The ``*checkpoint_epoch=N.pt`` file with the largest N in ``ckpt_dir``, or None."""
-    found = [(int(m[1]), path) for path in Path(ckpt_dir).glob("*checkpoint_epoch=*.pt") if (m := _EPOCH.search(path.name))]
+    """The ``checkpoint_N.pt`` file (N = epoch) with the largest N in ``ckpt_dir``, or None."""
+    found = [(int(m[1]), path) for path in Path(ckpt_dir).glob("checkpoint_*.pt") if (m := _EPOCH.match(path.name))]
     return max(found)[1] if found else None
 
 
 class TrainingStateSaver:
-    """MONAI's CheckpointSaver for network, optimizer, LR scheduler and trainer, every epoch.
+    """Saves network, optimizer, LR scheduler and trainer after every epoch, atomically.
 
-    Keeps only the newest ``checkpoint_epoch=N.pt`` in ``save_dir``.
+    Keeps only the newest ``checkpoint_N.pt`` (N = epoch) in ``save_dir``.
 
     Args:
         save_dir: checkpoint folder.
@@ -41,7 +44,9 @@ class TrainingStateSaver:
 
     def attach(self, engine: Engine) -> None:
         objects = {**self.objects, "trainer": engine}
-        CheckpointSaver(self.save_dir, objects, save_interval=1, n_saved=1, epoch_level=True).attach(engine)
+        saver = DiskSaver(self.save_dir, atomic=True, create_dir=True, require_empty=False)
+        checkpoint = Checkpoint(objects, saver, n_saved=1, global_step_transform=global_step_from_engine(engine))
+        engine.add_event_handler(Events.EPOCH_COMPLETED, checkpoint)
 
 
 class ResumeFromLatest:

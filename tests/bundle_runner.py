@@ -1,0 +1,65 @@
+"""Run the bundle's configs as a user does: ``python -m monai.bundle run`` in a subprocess."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections import defaultdict
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+TINY_MODEL = REPO_ROOT / "tests" / "data" / "tiny_model.yaml"
+DEMO_DIR = REPO_ROOT / "data" / "demo"
+
+
+def config_list(*names: str, tiny: bool = True) -> str:
+    """The ``--config_file`` value for stage configs (``"pretrain"``) plus the test-size override."""
+    files = [f"configs/{name}.yaml" for name in names] + ([str(TINY_MODEL)] if tiny else [])
+    return repr(files)
+
+
+def bundle_command(verb: str, *args: str, python: str = sys.executable) -> list[str]:
+    return [python, "-m", "monai.bundle", verb, *args]
+
+
+def run_bundle(
+    *names: str, overrides: dict | None = None, tiny: bool = True, timeout: float = 600, check: bool = True
+) -> subprocess.CompletedProcess:
+    """``python -m monai.bundle run --config_file [...] --key value ...`` from the bundle root."""
+    args = ["--config_file", config_list(*names, tiny=tiny), "--meta_file", "configs/metadata.json"]
+    args += ["--logging_file", "configs/logging.conf"]
+    for key, value in (overrides or {}).items():
+        args += [f"--{key}", str(value)]
+    result = subprocess.run(
+        bundle_command("run", *args), cwd=REPO_ROOT, capture_output=True, text=True, timeout=timeout, env=subprocess_env()
+    )
+    if check and result.returncode != 0:
+        raise AssertionError(f"bundle run {names} failed ({result.returncode}):\n{result.stderr[-6000:]}")
+    return result
+
+
+def subprocess_env() -> dict:
+    env = dict(os.environ, OMP_NUM_THREADS="2", PYTHONWARNINGS="ignore")
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
+    return env
+
+
+def write_small_datalist(path: Path, per_group: dict[str, int]) -> Path:
+    """A datalist with the first few demo samples of every dataset / task, absolute paths.
+
+    per_group: samples kept per (dataset, task) for each datalist key, e.g. {"training": 4}.
+    """
+    source = json.loads((DEMO_DIR / "datalist.json").read_text())
+    small = {}
+    for key, keep in per_group.items():
+        counts: dict[tuple, int] = defaultdict(int)
+        small[key] = []
+        for entry in source[key]:
+            group = (entry["dataset"], entry["task"])
+            if counts[group] < keep:
+                counts[group] += 1
+                small[key].append({k: str(DEMO_DIR / v) if k in ("image", "label", "mask") else v for k, v in entry.items()})
+    path.write_text(json.dumps(small, indent=1))
+    return path

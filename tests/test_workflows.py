@@ -1,0 +1,219 @@
+"""Every stage config run end to end through ``python -m monai.bundle`` on the shipped demo data."""
+
+from __future__ import annotations
+
+import csv
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from bundle.networks import PerceptGuide, PromptedSegmenter, load_weights
+from bundle_runner import (
+    DEMO_DIR, REPO_ROOT, bundle_command, config_list, run_bundle, subprocess_env, write_small_datalist,
+)  # fmt: skip
+
+TINY_NET = {"embed_dim": 12, "encoder_depths": (1, 1, 1, 1), "decoder_depths": (1, 1, 1, 1), "window_size": 2}
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("workflows")
+
+
+@pytest.fixture(scope="module")
+def datalist(workdir) -> Path:
+    return write_small_datalist(workdir / "datalist.json", {"training": 4, "validation": 2, "test": 2})
+
+
+@pytest.fixture(scope="module")
+def pretrained(workdir, datalist) -> Path:
+    """One tiny pretraining run; its outputs are checked below and reused by the other stages."""
+    run_bundle(
+        "pretrain",
+        overrides={"datalist": datalist, "ckpt_dir": workdir / "models", "output_dir": workdir / "runs"},
+    )
+    return workdir / "models" / "model.pt"
+
+
+def test_pretrain_writes_best_and_resumable_checkpoints_and_tensorboard_events(pretrained, workdir):
+    assert pretrained.is_file()
+    assert (workdir / "models" / "checkpoint_1.pt").is_file()
+    assert list((workdir / "runs").glob("events.out.tfevents.*"))
+    state = torch.load(pretrained, weights_only=True)
+    net = PerceptGuide(**TINY_NET)
+    net.load_state_dict(state)  # the best checkpoint is the network's state dict, as MONAI bundles keep it
+    resumable = torch.load(workdir / "models" / "checkpoint_1.pt", weights_only=False)
+    assert {"model", "optimizer", "lr_scheduler", "trainer"} <= set(resumable)
+
+
+def test_evaluate_writes_metric_tables_and_overlays(pretrained, workdir, datalist):
+    eval_dir = workdir / "eval"
+    run_bundle("evaluate", overrides={"datalist": datalist, "ckpt_path": pretrained, "eval_dir": eval_dir})
+    rows = {row["dataset"]: row for row in csv.DictReader(open(eval_dir / "metrics.csv"))}
+    assert set(rows) == {"BUSI", "Fetal_HC", "TG3K", "mean"}
+    assert float(rows["TG3K"]["seg_n"]) == 2 and float(rows["BUSI"]["cls_n"]) == 2
+    assert 0.0 <= float(rows["mean"]["dice"]) <= 1.0
+    table = (eval_dir / "metrics.md").read_text()
+    assert "| Fetal_HC |" in table and "**mean**" in table
+    overlays = sorted(p.name for p in (eval_dir / "overlays").glob("*.png"))
+    assert any(name.startswith("TG3K_best1") for name in overlays)
+    assert any(name.startswith("TG3K_worst1") for name in overlays)
+
+
+def test_inference_writes_original_size_masks_overlays_and_skips_unreadable_images(pretrained, workdir):
+    input_dir = workdir / "inference_in"
+    input_dir.mkdir()
+    sources = sorted((DEMO_DIR / "segmentation" / "BUSI" / "imgs").glob("*.png"))[:2]
+    sources += sorted((DEMO_DIR / "segmentation" / "Fetal_HC" / "imgs").glob("*.png"))[:1]
+    for source in sources:
+        shutil.copy(source, input_dir)
+    (input_dir / "corrupt.png").write_bytes(b"not a png at all")
+    output_dir = workdir / "inference_out"
+    result = run_bundle(
+        "inference",
+        overrides={"input_dir": input_dir, "output_dir": output_dir, "ckpt_path": pretrained, "organ": "breast"},
+    )
+    log = result.stdout + result.stderr
+    assert "skipping" in log and "corrupt.png" in log
+    for source in sources:
+        mask = np.array(Image.open(output_dir / source.name))
+        assert mask.shape == np.array(Image.open(source)).shape[:2]
+        assert set(np.unique(mask)) <= {0, 255}
+        assert (output_dir / f"{source.stem}_overlay.png").is_file()
+    rows = list(csv.DictReader(open(output_dir / "predictions.csv")))
+    assert [row["file"] for row in rows] == sorted(s.name for s in sources)
+    for row in rows:
+        assert float(row["p_benign"]) + float(row["p_malignant"]) == pytest.approx(1.0, abs=1e-5)
+        assert int(row["foreground_pixels"]) >= 0
+
+
+def test_sync_changes_only_the_prompt_projections(pretrained, workdir, datalist):
+    sync_dir = workdir / "sync"
+    run_bundle(
+        "sync",
+        overrides={"datalist": datalist, "pretrained_ckpt": pretrained, "ckpt_dir": sync_dir, "output_dir": workdir / "sync_runs"},
+    )
+    before = torch.load(pretrained, weights_only=True)
+    after = torch.load(sync_dir / "checkpoint_1.pt", weights_only=False)["model"]
+    changed = {key for key in before if not torch.equal(before[key], after[key])}
+    prompt_keys = {key for key in before if ".prompt_proj." in key}
+    assert changed and changed <= prompt_keys
+
+
+def test_ckpt_export_torchscript_matches_the_checkpoint(pretrained, workdir):
+    exported = workdir / "model.ts"
+    args = [
+        "segmenter_def", "--filepath", str(exported), "--ckpt_file", str(pretrained),
+        "--config_file", config_list("inference"), "--meta_file", "configs/metadata.json",
+        "--use_trace", "True", "--input_shape", "[1, 3, 64, 64]",
+    ]  # fmt: skip
+    subprocess.run(bundle_command("ckpt_export", *args), cwd=REPO_ROOT, check=True, capture_output=True, env=subprocess_env())
+    scripted = torch.jit.load(str(exported))
+    eager = PromptedSegmenter(load_weights(PerceptGuide(**TINY_NET), pretrained), organ="breast", object_type="tumor").eval()
+    image = torch.rand(2, 3, 64, 64)
+    with torch.no_grad():
+        assert (scripted(image) - eager(image)).abs().max() <= 1e-4
+
+
+def test_verify_net_in_out_on_the_single_input_segmenter():
+    args = ["segmenter_def", "--meta_file", "configs/metadata.json", "--config_file", config_list("inference")]
+    result = subprocess.run(
+        bundle_command("verify_net_in_out", *args), cwd=REPO_ROOT, capture_output=True, text=True, env=subprocess_env()
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "data shape of network is verified" in result.stderr + result.stdout
+
+
+def test_resume_after_sigkill_continues_from_the_last_checkpoint(workdir, datalist):
+    EPOCHS = 12  # tiny epochs (3 iterations): enough of them that the kill lands mid-run
+    ckpt_dir = workdir / "resume_models"
+    args = ["--config_file", config_list("pretrain"), "--logging_file", "configs/logging.conf",
+            "--datalist", str(datalist), "--ckpt_dir", str(ckpt_dir),
+            "--output_dir", str(workdir / "resume_runs"), "--epochs", str(EPOCHS), "--val_interval", str(EPOCHS)]  # fmt: skip
+    process = subprocess.Popen(
+        bundle_command("run", *args), cwd=REPO_ROOT, env=subprocess_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    try:
+        deadline = time.monotonic() + 300
+        while not list(ckpt_dir.glob("checkpoint_*.pt")):
+            assert process.poll() is None, "pretraining ended before writing a checkpoint"
+            assert time.monotonic() < deadline, "no checkpoint within 300 s"
+            time.sleep(0.2)
+        process.send_signal(signal.SIGKILL)
+    finally:
+        process.kill()
+        process.wait()
+    killed_at = int(next(ckpt_dir.glob("checkpoint_*.pt")).stem.split("_")[1])
+    assert killed_at < EPOCHS, "the run finished before it could be killed"
+
+    resumed = subprocess.run(
+        bundle_command("run", *args, "--resume", "true"), cwd=REPO_ROOT, env=subprocess_env(), capture_output=True, text=True
+    )
+    log = resumed.stdout + resumed.stderr
+    assert resumed.returncode == 0, log[-4000:]
+    assert f"resuming from {ckpt_dir / f'checkpoint_{killed_at}.pt'}" in log
+    assert f"Restored all variables from {ckpt_dir / f'checkpoint_{killed_at}.pt'}" in log
+    completed = [epoch for epoch in range(1, EPOCHS + 1) if f"SupervisedTrainer - INFO - Epoch[{epoch}] Complete" in log]
+    assert completed == list(range(killed_at + 1, EPOCHS + 1))
+    final = torch.load(ckpt_dir / f"checkpoint_{EPOCHS}.pt", weights_only=False)
+    assert final["trainer"]["iteration"] == EPOCHS * 3
+    assert final["lr_scheduler"]["last_epoch"] == EPOCHS * 3  # per-iteration poly decay kept counting
+
+
+def test_multi_gpu_override_trains_with_two_gloo_processes(workdir, datalist):
+    ckpt_dir = workdir / "ddp_models"
+    args = [
+        "--config_file", config_list("pretrain", "multi_gpu_pretrain"), "--datalist", str(datalist),
+        "--ckpt_dir", str(ckpt_dir), "--output_dir", str(workdir / "ddp_runs"),
+    ]  # fmt: skip
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=0", "-m", "monai.bundle", "run", *args]
+    result = subprocess.run(command, cwd=REPO_ROOT, env=subprocess_env(), capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-4000:]
+    assert (ckpt_dir / "model.pt").is_file() and (ckpt_dir / "checkpoint_1.pt").is_file()
+    assert not any(key.startswith("module.") for key in torch.load(ckpt_dir / "model.pt", weights_only=True))
+
+
+@pytest.mark.parametrize(
+    "stage, overrides, message",
+    [
+        ("pretrain", {"dataset_dir": "/nonexistent/demo"}, "dataset registry file not found: /nonexistent/demo/datasets.yaml"),
+        ("inference", {"organ": "spleen"}, "unknown position prompt 'spleen'"),
+        ("inference", {"input_dir": "/nonexistent/images"}, "input folder not found: /nonexistent/images"),
+    ],
+)
+def test_bad_settings_stop_with_a_message_naming_the_cause(stage, overrides, message):
+    result = run_bundle(stage, overrides=overrides, check=False)
+    assert result.returncode != 0
+    assert message in result.stdout + result.stderr
+
+
+def test_checkpoint_of_another_architecture_is_refused_naming_the_file(pretrained, workdir):
+    wrong = workdir / "wider.pt"
+    torch.save(PerceptGuide(embed_dim=24, window_size=2, encoder_depths=(1, 1, 1, 1), decoder_depths=(1, 1, 1, 1)).state_dict(), wrong)
+    result = run_bundle("inference", overrides={"ckpt_path": wrong, "output_dir": workdir / "never"}, check=False)
+    assert result.returncode != 0
+    log = result.stdout + result.stderr
+    assert f"checkpoint {wrong} does not fit PerceptGuide" in log and "shape mismatch" in log
+
+
+def test_unreadable_training_image_stops_before_training_naming_the_file(workdir, datalist):
+    import json
+
+    content = json.loads(datalist.read_text())
+    broken = workdir / "broken.png"
+    broken.write_bytes(b"\x89PNG but truncated")
+    content["training"][0]["image"] = str(broken)
+    bad_list = workdir / "bad_datalist.json"
+    bad_list.write_text(json.dumps(content))
+    result = run_bundle("pretrain", overrides={"datalist": bad_list, "ckpt_dir": workdir / "never"}, check=False)
+    assert result.returncode != 0
+    assert f"cannot read image file {broken}" in result.stdout + result.stderr
+    assert not (workdir / "never").exists()
