@@ -1,0 +1,136 @@
+"""Workflow pieces in-process: task-masked loss, per-dataset metrics, prompt inferer, sync freezing,
+batch preparation, and the MONAI bundle contract of every config."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from monai.bundle import ConfigWorkflow
+from monai.losses import DiceCELoss
+
+from bundle.networks import PerceptGuide
+from bundle.workflows.batch import PreparePromptBatch
+from bundle.workflows.inferers import PromptInferer
+from bundle.workflows.losses import TaskMaskedLoss
+from bundle.workflows.metrics import MultiTaskMetrics, SampleRecord, summarise
+from bundle.workflows.sync import prompt_parameters
+from bundle_runner import REPO_ROOT, TINY_MODEL
+
+
+def mixed_batch_targets() -> dict:
+    label = torch.zeros(4, 1, 8, 8, dtype=torch.long)
+    label[0, 0, 2:5, 2:5] = 1
+    label[1, 0, :4] = 1
+    return {"label": label, "cls_label": torch.tensor([0, 0, 1, 0]), "task_id": torch.tensor([0, 0, 1, 1])}
+
+
+def test_task_masked_loss_applies_each_term_to_its_own_samples_only():
+    torch.manual_seed(0)
+    seg, cls = torch.randn(4, 2, 8, 8), torch.randn(4, 2)
+    target = mixed_batch_targets()
+    expected_seg = DiceCELoss(to_onehot_y=True, softmax=True, squared_pred=True, batch=True,
+                              smooth_nr=1e-5, smooth_dr=1e-5, lambda_dice=0.6, lambda_ce=0.4)(seg[:2], target["label"][:2])  # fmt: skip
+    expected_cls = torch.nn.functional.cross_entropy(cls[2:], target["cls_label"][2:])
+    torch.testing.assert_close(TaskMaskedLoss()((seg, cls), target), expected_seg + expected_cls)
+    # predictions of the other task's samples must not matter
+    seg_noise, cls_noise = seg.clone(), cls.clone()
+    seg_noise[2:] += 100
+    cls_noise[:2] += 100
+    torch.testing.assert_close(TaskMaskedLoss()((seg_noise, cls_noise), target), expected_seg + expected_cls)
+
+
+def test_task_masked_loss_matches_the_official_dice_formula():
+    """Official DiceLoss: per class 1 - (2·Σ p·t + 1e-5) / (Σ p² + Σ t² + 1e-5), averaged over classes."""
+    torch.manual_seed(1)
+    seg = torch.randn(2, 2, 8, 8)
+    label = (torch.rand(2, 1, 8, 8) > 0.5).long()
+    target = {"label": label, "cls_label": torch.zeros(2, dtype=torch.long), "task_id": torch.zeros(2, dtype=torch.long)}
+    probs = torch.softmax(seg, 1)
+    onehot = torch.cat([label == 0, label == 1], 1).float()
+    dice = sum(1 - (2 * (probs[:, c] * onehot[:, c]).sum() + 1e-5) / ((probs[:, c] ** 2).sum() + onehot[:, c].sum() + 1e-5) for c in range(2)) / 2
+    ce = torch.nn.functional.cross_entropy(seg, label[:, 0])
+    torch.testing.assert_close(TaskMaskedLoss(cls_weight=0.0)((seg, torch.zeros(2, 2)), target), 0.4 * ce + 0.6 * dice)
+
+
+def test_metrics_report_per_dataset_dice_excluding_empty_truth_and_cls_auc():
+    metric = MultiTaskMetrics()
+    target = mixed_batch_targets()
+    target["label"][1] = 0  # empty ground truth: excluded from Dice
+    target["dataset"] = ["TG3K", "TG3K", "BUSI", "BUSI"]
+    seg = torch.zeros(4, 2, 8, 8)
+    seg[0, 1, 2:5, 2:4] = 5.0  # predicts 6 of the 9 true pixels
+    cls = torch.tensor([[0.0, 0.0], [0.0, 0.0], [0.0, 2.0], [2.0, 0.0]])
+    metric.update(((seg, cls), target))
+    flat = metric.compute()
+    assert flat["TG3K/seg_n"] == 1
+    assert flat["TG3K/dice"] == pytest.approx(2 * 6 / (9 + 6))
+    assert flat["BUSI/accuracy"] == 1.0 and flat["BUSI/auc"] == 1.0
+    assert flat["mean/score"] == pytest.approx((flat["TG3K/dice"] + 1.0) / 2)
+
+
+def test_summarise_leaves_auc_undefined_for_a_single_class():
+    records = [SampleRecord("X", 1, probabilities=[0.8, 0.2], label=0), SampleRecord("X", 1, probabilities=[0.3, 0.7], label=0)]
+    table, means = summarise(records)
+    assert table["X"]["accuracy"] == 0.5 and math.isnan(table["X"]["auc"])
+    assert math.isnan(means["score"])
+
+
+def test_prompt_inferer_falls_back_to_fp32_with_a_warning_without_native_bf16(caplog, monkeypatch):
+    monkeypatch.setattr("bundle.workflows.inferers.cpu_supports_bf16", lambda: False)
+    net = PerceptGuide(embed_dim=12, encoder_depths=(1, 1, 1, 1), decoder_depths=(1, 1, 1, 1), window_size=2).eval()
+    image = torch.rand(1, 3, 64, 64)
+    prompts = {"position": torch.eye(11)[1], "task": torch.eye(2)[0], "mode": torch.eye(3)[0], "type": torch.eye(2)[0]}
+    with caplog.at_level("WARNING"), torch.no_grad():
+        seg, cls = PromptInferer("bf16")(image, net, prompts)
+        expected = net(image, prompts)
+    assert "lacks native bf16" in caplog.text
+    assert seg.dtype == torch.float32
+    torch.testing.assert_close(seg, expected[0])
+    with pytest.raises(ValueError, match="autocast must be"):
+        PromptInferer("fp16")
+
+
+def test_sync_freezes_everything_but_the_prompt_projections():
+    net = PerceptGuide(embed_dim=12, encoder_depths=(1, 1, 1, 1), decoder_depths=(1, 1, 1, 1), window_size=2)
+    trainable = prompt_parameters(net)
+    names = {name for name, p in net.named_parameters() if p.requires_grad}
+    assert names and all(".prompt_proj." in name for name in names)
+    assert len(trainable) == len(names) == 2 * 4 * 6  # weight + bias, 4 prompts, 3 + 3 decoder blocks
+    with pytest.raises(ValueError, match="prompt=False"):
+        prompt_parameters(PerceptGuide(embed_dim=12, window_size=2, prompt=False))
+
+
+def test_prepare_batch_returns_targets_and_prompts_and_names_missing_keys():
+    batch = {
+        "image": torch.rand(2, 3, 8, 8), "label": torch.zeros(2, 1, 8, 8), "cls_label": torch.tensor([0, 1]),
+        "task_id": torch.tensor([0, 1]), "dataset": ["A", "B"],
+        **{f"prompt_{k}": torch.zeros(2, n) for k, n in {"position": 11, "task": 2, "mode": 3, "type": 2}.items()},
+    }  # fmt: skip
+    image, targets, args, kwargs = PreparePromptBatch()(batch, torch.device("cpu"))
+    assert image.shape == (2, 3, 8, 8) and targets["label"].dtype == torch.long and targets["dataset"] == ["A", "B"]
+    assert set(args[0]) == {"position", "task", "mode", "type"} and kwargs == {}
+    del batch["prompt_mode"]
+    with pytest.raises(KeyError, match="prompt_mode"):
+        PreparePromptBatch()(batch, torch.device("cpu"))
+
+
+@pytest.mark.parametrize(
+    "stage, workflow_type", [("pretrain", "train"), ("sync", "train"), ("evaluate", "infer"), ("inference", "infer")]
+)
+def test_configs_satisfy_the_monai_bundle_workflow_contract(stage, workflow_type, monkeypatch, tmp_path):
+    monkeypatch.chdir(REPO_ROOT)
+    checkpoint = tmp_path / "model.pt"
+    tiny = PerceptGuide(embed_dim=12, encoder_depths=(1, 1, 1, 1), decoder_depths=(1, 1, 1, 1), window_size=2)
+    torch.save(tiny.state_dict(), checkpoint)
+    workflow = ConfigWorkflow(
+        config_file=[f"configs/{stage}.yaml", str(TINY_MODEL)],
+        meta_file="configs/metadata.json",
+        logging_file="configs/logging.conf",
+        workflow_type=workflow_type,
+        ckpt_path=str(checkpoint),
+        pretrained_ckpt=str(checkpoint),
+    )
+    workflow.initialize()
+    assert not workflow.check_properties()
