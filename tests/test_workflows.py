@@ -123,15 +123,6 @@ def test_ckpt_export_torchscript_matches_the_checkpoint(pretrained, workdir):
         assert (scripted(image) - eager(image)).abs().max() <= 1e-4
 
 
-def test_verify_net_in_out_on_the_single_input_segmenter():
-    args = ["segmenter_def", "--meta_file", "configs/metadata.json", "--config_file", config_list("inference")]
-    result = subprocess.run(
-        bundle_command("verify_net_in_out", *args), cwd=REPO_ROOT, capture_output=True, text=True, env=subprocess_env()
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert "data shape of network is verified" in result.stderr + result.stdout
-
-
 def test_resume_after_sigkill_continues_from_the_last_checkpoint(workdir, datalist):
     EPOCHS = 12  # tiny epochs (3 iterations): enough of them that the kill lands mid-run
     ckpt_dir = workdir / "resume_models"
