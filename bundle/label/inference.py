@@ -1,9 +1,9 @@
 """One image through the bundle's own inference config, for the Label app's infer task.
 
-Nothing is re-implemented here: each request runs ``configs/inference.yaml`` (plus any override
-files, e.g. ``configs/cpu.yaml``) exactly as ``python -m monai.bundle run`` would, on a
-one-image datalist, and reads back what it wrote: the mask at the image's original size and the
-row of ``predictions.csv``. Only the network is kept between requests (building it costs more
+Nothing is re-implemented here: each request runs the evaluator of ``configs/inference.yaml``
+(plus any override files, e.g. ``configs/cpu.yaml``), the one ``python -m monai.bundle run``
+runs, on a one-image datalist, and reads back what it wrote: the mask at the image's original
+size and the row of ``predictions.csv``. Only the network is kept between requests (building it costs more
 than the image); its weights are reloaded whenever the checkpoint file changes, so weights a
 training run writes are used by the next request.
 """
@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import copy
 import csv
+import glob
 import hashlib
 import json
 import logging
@@ -156,7 +157,7 @@ class BundleInference:
             parser["network"] = network
             parser.get_parsed_content("evaluator").run()
             weights = self._weights
-        mask = next(output_dir.glob(f"{stem_of(image)}.*"))
+        mask = next(output_dir.glob(f"{glob.escape(stem_of(image))}.*"))
         with open(output_dir / "predictions.csv", newline="", encoding="utf-8") as handle:
             row = next(csv.DictReader(handle))
         probabilities = {name: float(row[f"p_{name}"]) for name in self.class_names}
