@@ -1,0 +1,341 @@
+"""Benchmark PerceptGuide's execution paths against its official-equivalent reference and MONAI peers.
+
+One invocation measures every (path, workload) pair, each in a fresh subprocess so that its peak
+RSS is its own, and prints one table with the ratios to the reference path (issue 9):
+
+- paths: ``reference`` (``attention_impl="reference"``, the official order of operations),
+  ``fast`` (fp32), ``bf16`` (``precision="bfloat16"``; only where the CPU has native bf16, or with
+  ``--force-bf16``), ``compiled`` (``torch.compile`` of ``fast``, with ``--compile``),
+  ``checkpoint`` (``fast`` with activation checkpointing, training only), and MONAI's
+  ``SwinUNETR`` in 2D with feature size 24 and 48 as peers.
+- workloads: inference at batch 1 and 8 (``torch.inference_mode``), one Adam training step at
+  batch 8 (cross-entropy on both heads); 224² images, embed 96.
+
+Reported per pair: median seconds per call over ``--repeats`` calls (after ``--warmup`` calls,
+pooled over ``--rounds`` sweeps), images/s, peak RSS of the subprocess. No GPU is used.
+
+Usage::
+
+    python scripts/benchmark.py [--repeats 5] [--rounds 1] [--threads 2] [--compile] \\
+        [--json results.json] [--plot docs/performance.png]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+if str(REPO_ROOT) not in sys.path:
+    sys.path.insert(0, str(REPO_ROOT))
+
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+from torch import nn  # noqa: E402
+
+IMAGE_SIZE = 224
+EMBED_DIM = 96
+TRAIN_DROP_PATH = 0.2  # the paper's training setting
+PROMPT_NAMES = {"position": "breast", "task": "segmentation", "mode": "whole", "type": "tumor"}
+
+
+@dataclass(frozen=True)
+class Workload:
+    """A timed call: ``batch`` images, inference or one training step."""
+
+    batch: int
+    train: bool
+
+
+WORKLOADS = {
+    "infer-b1": Workload(1, False),
+    "infer-b8": Workload(8, False),
+    "train-b8": Workload(8, True),
+}
+
+
+@dataclass(frozen=True)
+class Variant:
+    """A path (model variant): how to build it, which workloads it runs, whether it takes prompts."""
+
+    build: Callable[[bool], nn.Module]
+    workloads: Sequence[str] = tuple(WORKLOADS)
+    prompted: bool = True
+    compiled: bool = False
+
+
+def perceptguide(train: bool, **options) -> nn.Module:
+    """The paper-size network (embed 96) with ``options``, seeded so every path has the same weights."""
+    from bundle.networks import PerceptGuide
+
+    torch.manual_seed(0)
+    return PerceptGuide(embed_dim=EMBED_DIM, drop_path_rate=TRAIN_DROP_PATH if train else 0.0, **options)
+
+
+def swin_unetr(feature_size: int) -> nn.Module:
+    """MONAI's SwinUNETR in 2D, 3 channels in, 2 classes out (the peer)."""
+    from monai.networks.nets import SwinUNETR
+
+    torch.manual_seed(0)
+    return SwinUNETR(in_channels=3, out_channels=2, feature_size=feature_size, spatial_dims=2)
+
+
+PATHS = {
+    "reference": Variant(lambda train: perceptguide(train, attention_impl="reference")),
+    "fast": Variant(lambda train: perceptguide(train)),
+    "bf16": Variant(lambda train: perceptguide(train, precision="bfloat16")),
+    "compiled": Variant(lambda train: perceptguide(train), compiled=True),
+    "checkpoint": Variant(lambda train: perceptguide(train, use_checkpoint=True), workloads=("train-b8",)),
+    "SwinUNETR-24": Variant(lambda train: swin_unetr(24), prompted=False),
+    "SwinUNETR-48": Variant(lambda train: swin_unetr(48), prompted=False),
+}
+
+
+@dataclass
+class Measurement:
+    """Times (s per call) and peak RSS (MB) of one path on one workload."""
+
+    path: str
+    workload: str
+    times: list[float] = field(default_factory=list)
+    peak_rss_mb: float = 0.0
+    note: str = ""
+
+    @property
+    def median(self) -> float:
+        return statistics.median(self.times)
+
+    @property
+    def images_per_s(self) -> float:
+        return WORKLOADS[self.workload].batch / self.median
+
+
+def inputs(batch: int, prompted: bool) -> tuple[tuple, torch.Tensor, torch.Tensor]:
+    """Seeded forward arguments, seg labels (B, H, W) and cls labels (B,)."""
+    from bundle.prompts import DEFAULT_VOCABULARY
+
+    generator = torch.Generator().manual_seed(1)
+    image = torch.rand(batch, 3, IMAGE_SIZE, IMAGE_SIZE, generator=generator)
+    seg_label = torch.randint(0, 2, (batch, IMAGE_SIZE, IMAGE_SIZE), generator=generator)
+    cls_label = torch.randint(0, 2, (batch,), generator=generator)
+    if not prompted:
+        return (image,), seg_label, cls_label
+    prompts = {key: value.expand(batch, -1) for key, value in DEFAULT_VOCABULARY.encode(PROMPT_NAMES).items()}
+    return (image, prompts), seg_label, cls_label
+
+
+def loss_of(outputs: torch.Tensor | Sequence[torch.Tensor], seg_label: torch.Tensor, cls_label: torch.Tensor):
+    """Cross-entropy of the seg logits, plus of the cls logits for two-headed networks."""
+    if isinstance(outputs, torch.Tensor):
+        return F.cross_entropy(outputs, seg_label)
+    seg_logits, cls_logits = outputs
+    return F.cross_entropy(seg_logits, seg_label) + F.cross_entropy(cls_logits, cls_label)
+
+
+def time_calls(step: Callable[[], object], repeats: int, warmup: int) -> list[float]:
+    """Wall seconds of ``repeats`` calls of ``step`` after ``warmup`` untimed ones."""
+    for _ in range(warmup):
+        step()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        step()
+        times.append(time.perf_counter() - start)
+    return times
+
+
+def measure(
+    model: nn.Module, workload: Workload, prompted: bool, repeats: int, warmup: int, compile_model: bool = False
+) -> list[float]:
+    """Seconds per call of ``model`` on ``workload`` (inference under inference_mode, or an Adam step)."""
+    from bundle.networks.acceleration import compile_or_eager
+
+    args, seg_label, cls_label = inputs(workload.batch, prompted)
+    model.train(workload.train)
+    if not workload.train:
+        with torch.inference_mode():
+            run = compile_or_eager(model, *args) if compile_model else model
+            return time_calls(lambda: run(*args), repeats, warmup)
+
+    run = compile_or_eager(model, *args) if compile_model else model
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
+
+    def step() -> None:
+        optimizer.zero_grad(set_to_none=True)
+        loss_of(run(*args), seg_label, cls_label).backward()
+        optimizer.step()
+
+    return time_calls(step, repeats, warmup)
+
+
+def peak_rss_mb() -> float:
+    """Peak resident set size of this process so far, in MB (Linux reports KB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def worker(path: str, workload: str, repeats: int, warmup: int, threads: int) -> None:
+    """Measure one pair in this (fresh) process and print it as one JSON line."""
+    torch.set_num_threads(threads)
+    spec = PATHS[path]
+    times = measure(spec.build(WORKLOADS[workload].train), WORKLOADS[workload], spec.prompted, repeats, warmup, spec.compiled)
+    print(json.dumps({"times": times, "peak_rss_mb": peak_rss_mb()}))
+
+
+def run_worker(path: str, workload: str, args: argparse.Namespace) -> Measurement:
+    """Run :func:`worker` in a subprocess; a failure becomes a note in the table."""
+    command = [sys.executable, __file__, "--worker", path, workload]
+    command += ["--repeats", str(args.repeats), "--warmup", str(args.warmup), "--threads", str(args.threads)]
+    result = subprocess.run(command, capture_output=True, text=True, env=os.environ | worker_env(args))
+    measurement = Measurement(path, workload)
+    if result.returncode != 0:
+        measurement.note = f"failed: {result.stderr.strip().splitlines()[-1] if result.stderr.strip() else result.returncode}"
+        return measurement
+    record = json.loads(result.stdout.strip().splitlines()[-1])
+    measurement.times, measurement.peak_rss_mb = record["times"], record["peak_rss_mb"]
+    return measurement
+
+
+def worker_env(args: argparse.Namespace) -> dict[str, str]:
+    """Thread limits for every library, and optional huge pages for large tensors."""
+    env = {name: str(args.threads) for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS")}
+    if args.thp:
+        env["THP_MEM_ALLOC_ENABLE"] = "1"
+    return env
+
+
+def selected_paths(args: argparse.Namespace) -> dict[str, str]:
+    """Paths to run, and a reason for each path left out."""
+    from bundle.networks.acceleration import native_bf16_cpu
+
+    skipped = {}
+    if not (native_bf16_cpu() or args.force_bf16):
+        skipped["bf16"] = "skipped: this CPU lacks native bf16 (avx512_bf16 / amx_bf16); --force-bf16 runs it"
+    if not args.compile:
+        skipped["compiled"] = "skipped: --compile runs it (compilation takes minutes)"
+    return {path: skipped.get(path, "") for path in args.paths}
+
+
+def machine() -> dict[str, str]:
+    """CPU model, its vector/bf16 flags, torch version and load, for the record."""
+    from bundle.networks.acceleration import cpu_flags
+
+    model = next(
+        (line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("model name")),
+        platform.processor(),
+    )
+    flags = sorted(flag for flag in cpu_flags() if flag.startswith(("avx", "amx", "fma")))
+    return {
+        "cpu": f"{model} ({os.cpu_count()} logical CPUs)",
+        "flags": " ".join(flags),
+        "torch": f"{torch.__version__} (capability {torch.backends.cpu.get_cpu_capability()})",
+        "load": " ".join(f"{value:.2f}" for value in os.getloadavg()),
+    }
+
+
+def table(measurements: list[Measurement], notes: dict[str, str]) -> str:
+    """Markdown table: one row per (path, workload), ratios to the reference on the same workload."""
+    reference = {m.workload: m for m in measurements if m.path == "reference" and m.times}
+    lines = [
+        "| path | workload | median s | images/s | peak RSS MB | speed vs reference | RSS vs reference |",
+        "|---|---|---:|---:|---:|---:|---:|",
+    ]
+    for m in measurements:
+        if not m.times:
+            lines.append(f"| {m.path} | {m.workload} | {m.note} | | | | |")
+            continue
+        base = reference.get(m.workload)
+        speed = f"{base.median / m.median:.2f}×" if base else ""
+        rss = f"{m.peak_rss_mb / base.peak_rss_mb:.2f}×" if base else ""
+        lines.append(
+            f"| {m.path} | {m.workload} | {m.median:.3f} | {m.images_per_s:.2f} | {m.peak_rss_mb:.0f} | {speed} | {rss} |"
+        )
+    for path, note in notes.items():
+        if note:
+            lines.append(f"| {path} | all | {note} | | | | |")
+    return "\n".join(lines)
+
+
+def plot(measurements: list[Measurement], path: Path, title: str) -> None:
+    """Grouped bar chart of images/s per path, one group per workload."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    measured = [m for m in measurements if m.times]
+    workloads = [w for w in WORKLOADS if any(m.workload == w for m in measured)]
+    paths = list(dict.fromkeys(m.path for m in measured))
+    width = 0.8 / len(paths)
+    figure, axes = plt.subplots(figsize=(9, 4.5))
+    for i, name in enumerate(paths):
+        rates = {m.workload: m.images_per_s for m in measured if m.path == name}
+        xs = [j + i * width for j, w in enumerate(workloads) if w in rates]
+        bars = axes.bar(xs, [rates[w] for w in workloads if w in rates], width, label=name)
+        axes.bar_label(bars, fmt="%.2f", fontsize=7)
+    axes.set_xticks([j + width * (len(paths) - 1) / 2 for j in range(len(workloads))], workloads)
+    axes.set_ylabel("images / s (higher is better)")
+    axes.set_title(title, fontsize=9)
+    axes.legend(fontsize=8)
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--paths", nargs="+", default=list(PATHS), choices=list(PATHS))
+    parser.add_argument("--workloads", nargs="+", default=list(WORKLOADS), choices=list(WORKLOADS))
+    parser.add_argument("--repeats", type=int, default=5, help="timed calls per pair and round")
+    parser.add_argument("--warmup", type=int, default=1, help="untimed calls first")
+    parser.add_argument("--rounds", type=int, default=1, help="sweeps over all pairs, pooled (evens out load)")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--compile", action="store_true", help="also run the torch.compile path")
+    parser.add_argument("--force-bf16", action="store_true", help="run bf16 even without native CPU support")
+    parser.add_argument("--thp", action="store_true", help="THP_MEM_ALLOC_ENABLE=1 in every worker")
+    parser.add_argument("--json", type=Path, help="write the measurements here")
+    parser.add_argument("--plot", type=Path, help="write a PNG bar chart of images/s here (needs matplotlib)")
+    parser.add_argument("--worker", nargs=2, metavar=("PATH", "WORKLOAD"), help=argparse.SUPPRESS)
+    return parser.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    args = parse_args(argv)
+    if args.worker:
+        worker(*args.worker, args.repeats, args.warmup, args.threads)
+        return
+    info = machine()
+    for key, value in info.items():
+        print(f"{key}: {value}")
+    notes = selected_paths(args)
+    pairs = [(p, w) for p in notes if not notes[p] for w in args.workloads if w in PATHS[p].workloads]
+    pooled = {pair: Measurement(*pair) for pair in pairs}
+    for round_index in range(args.rounds):
+        for pair in pairs:
+            result = run_worker(*pair, args)
+            print(f"round {round_index + 1}: {pair[0]:13s} {pair[1]} {result.note or f'{statistics.median(result.times):.3f} s'}", flush=True)
+            pooled[pair].times += result.times
+            pooled[pair].peak_rss_mb = max(pooled[pair].peak_rss_mb, result.peak_rss_mb)
+            pooled[pair].note = pooled[pair].note or result.note
+    info["load after"] = " ".join(f"{value:.2f}" for value in os.getloadavg())
+    measurements = list(pooled.values())
+    print(f"\n{args.threads} threads, {IMAGE_SIZE}², embed {EMBED_DIM}, median of {args.repeats}×{args.rounds} calls")
+    print(table(measurements, notes))
+    print(f"load average before: {info['load']}, after: {info['load after']}")
+    if args.json:
+        records = [{"path": m.path, "workload": m.workload, "times": m.times, "peak_rss_mb": m.peak_rss_mb, "note": m.note} for m in measurements]
+        args.json.write_text(json.dumps({"machine": info, "threads": args.threads, "results": records}, indent=1))
+    if args.plot:
+        plot(measurements, args.plot, f"PerceptGuide {IMAGE_SIZE}², embed {EMBED_DIM}, {args.threads} threads — {info['cpu']}")
+
+
+if __name__ == "__main__":
+    main()

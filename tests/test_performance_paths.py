@@ -1,0 +1,172 @@
+"""Performance paths of the network give the reference numbers: fused attention, index-map windows,
+fused seg head, activation checkpointing, bf16 autocast, torch.compile fallback. No timings here:
+scripts/benchmark.py measures speed."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+import torch
+from monai.networks.nets.swin_unetr import window_partition
+from test_networks import PROMPT_NAMES, batch_prompts, golden_net, tiny_net
+
+from bundle.networks.acceleration import compile_or_eager, cpu_flags, native_bf16_cpu, resolve_precision
+from bundle.networks.swin_blocks import PatchExpanding, SwinBlock, window_token_order
+from bundle.prompts import PROMPT_KEYS
+
+BF16_MASK_AGREEMENT = 0.995
+
+
+def golden_prompts(golden: dict) -> dict[str, torch.Tensor]:
+    return {key: golden[f"{key}_prompt"] for key in PROMPT_KEYS}
+
+
+@pytest.mark.parametrize("height, width, window, shift", [(56, 56, 7, 3), (28, 14, 7, 3), (16, 24, 4, 2), (14, 14, 7, 0)])
+def test_window_token_order_equals_roll_then_partition_and_inverts(height, width, window, shift):
+    x = torch.randn(2, height, width, 5)
+    gather, scatter = window_token_order(height, width, window, shift, x.device)
+    rolled = torch.roll(x, shifts=(-shift, -shift), dims=(1, 2))
+    expected = window_partition(rolled, (window, window)).reshape(2, height * width, 5)
+    gathered = x.reshape(2, height * width, 5).index_select(1, gather)
+    assert torch.equal(gathered, expected)
+    assert torch.equal(gathered.index_select(1, scatter), x.reshape(2, height * width, 5))
+
+
+@pytest.mark.parametrize("scale, classes", [(4, 2), (2, 5)])
+def test_seg_head_projection_equals_expand_then_1x1_convolution(scale, classes):
+    torch.manual_seed(0)
+    expand = PatchExpanding(12, 12, scale=scale)
+    conv = torch.nn.Conv2d(12, classes, kernel_size=1, bias=False)
+    x = torch.randn(2, 5, 7, 12)
+    expected = conv(expand(x).permute(0, 3, 1, 2))
+    torch.testing.assert_close(expand.project(x, conv.weight.flatten(1)), expected, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("variant, bug", [("prompt", False), ("prompt", True), ("plain", False)])
+def test_fast_path_equals_reference_path_on_golden_fixture(golden, variant, bug):
+    """Fast and reference paths of the same weights agree to 1e-4 (each also matches the official logits)."""
+    image, prompts = golden["image"], golden_prompts(golden)
+    with torch.no_grad():
+        fast = golden_net(golden, variant, official_batch_prompt_bug=bug)(image, prompts)
+        reference = golden_net(golden, variant, official_batch_prompt_bug=bug, attention_impl="reference")(image, prompts)
+    for got, expected in zip(fast, reference):
+        assert (got - expected).abs().max() <= 1e-4
+
+
+def _loss_and_grads(net: torch.nn.Module, image: torch.Tensor, prompts: dict) -> tuple[torch.Tensor, dict]:
+    net.train()
+    seg, cls = net(image, prompts)
+    # a loss that weighs every logit differently, so no gradient cancels out
+    weights = torch.linspace(-1, 1, seg.numel()).view_as(seg)
+    loss = (seg * weights).sum() + cls.square().sum()
+    loss.backward()
+    return loss.detach(), {name: p.grad for name, p in net.named_parameters() if p.grad is not None}
+
+
+@pytest.mark.parametrize("options", [{}, {"use_checkpoint": True}, {"official_batch_prompt_bug": True}])
+def test_training_gradients_of_fast_paths_equal_reference(options):
+    """The fast path's backward (reduced prompted projection, SDPA, index maps) gives the reference gradients."""
+    image = torch.rand(2, 3, 128, 128)
+    prompts = batch_prompts(PROMPT_NAMES[:2])
+    reference_options = {**options, "use_checkpoint": False}
+    loss_ref, grads_ref = _loss_and_grads(tiny_net(attention_impl="reference", **reference_options), image, prompts)
+    loss_fast, grads_fast = _loss_and_grads(tiny_net(**options), image, prompts)
+    torch.testing.assert_close(loss_fast, loss_ref, atol=1e-3, rtol=1e-4)
+    assert grads_fast.keys() == grads_ref.keys()
+    for name, grad in grads_ref.items():
+        scale = grad.abs().max().clamp_min(1e-6)
+        assert (grads_fast[name] - grad).abs().max() / scale <= 1e-3, name
+
+
+def test_caches_filled_under_inference_mode_serve_training():
+    """Index maps and shift masks are cached per resolution; one made during inference must not break backward."""
+    net = tiny_net()
+    image = torch.rand(1, 3, 96, 160)  # a resolution no other test uses, so the caches start empty here
+    prompts = batch_prompts(PROMPT_NAMES[:1])
+    with torch.inference_mode():
+        net(image, prompts)
+    _, grads = _loss_and_grads(net, image, prompts)
+    assert all(torch.isfinite(g).all() for g in grads.values())
+
+
+@pytest.mark.parametrize("attention_impl", ["fast", "reference"])
+def test_bf16_autocast_keeps_segmentation_masks_of_official_logits(golden, attention_impl):
+    net = golden_net(golden, "prompt", attention_impl=attention_impl, precision="bfloat16")
+    with torch.inference_mode():
+        seg, cls = net(golden["image"], golden_prompts(golden))
+    official = golden["prompt"]["seg_logits_per_sample"]
+    assert seg.dtype == cls.dtype == torch.float32
+    assert (seg.argmax(1) == official.argmax(1)).float().mean() >= BF16_MASK_AGREEMENT
+    assert (seg - official).abs().max() > 1e-4  # bf16 really ran: fp32 would match to 1e-4
+
+
+def test_bf16_training_keeps_fp32_master_weights_and_gradients():
+    net = tiny_net(precision="bfloat16")
+    _, grads = _loss_and_grads(net, torch.rand(2, 3, 128, 128), batch_prompts(PROMPT_NAMES[:2]))
+    assert {p.dtype for p in net.parameters()} == {torch.float32}
+    assert {g.dtype for g in grads.values()} == {torch.float32}
+    assert all(torch.isfinite(g).all() for g in grads.values())
+
+
+@pytest.mark.parametrize(
+    "flags, expected, message",
+    [
+        ({"avx2", "avx512f", "avx512_bf16"}, torch.bfloat16, "bf16 autocast (CPU has avx512_bf16)"),
+        ({"avx512f", "amx_bf16", "amx_tile"}, torch.bfloat16, "bf16 autocast (CPU has amx_bf16)"),
+        ({"avx2", "fma", "avx512f"}, torch.float32, "float32, this CPU lacks native bf16"),
+    ],
+)
+def test_auto_precision_uses_bf16_only_with_native_support_and_logs_the_choice(caplog, flags, expected, message):
+    with caplog.at_level(logging.INFO, logger="bundle.networks.acceleration"):
+        assert resolve_precision("auto", flags) == expected
+    assert message in caplog.text
+
+
+def test_auto_precision_of_the_network_follows_this_cpu():
+    expected = torch.bfloat16 if native_bf16_cpu() else torch.float32
+    assert tiny_net(precision="auto").compute_dtype == expected
+
+
+@pytest.mark.parametrize("precision", ["float32", "bfloat16"])
+def test_explicit_precision_is_honoured_on_any_cpu(precision):
+    assert resolve_precision(precision, flags=set()) == getattr(torch, precision)
+
+
+def test_unknown_precision_is_rejected():
+    with pytest.raises(ValueError, match="precision must be one of"):
+        tiny_net(precision="fp16")
+
+
+def test_cpu_flags_are_read_from_cpuinfo(tmp_path):
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text("processor\t: 0\nmodel name\t: Test CPU\nflags\t\t: fpu avx2 avx512_bf16\n\nprocessor\t: 1\n")
+    assert cpu_flags(cpuinfo) == {"fpu", "avx2", "avx512_bf16"}
+    assert native_bf16_cpu(cpu_flags(cpuinfo))
+    assert cpu_flags(tmp_path / "absent") == frozenset()
+
+
+def _broken_backend(graph_module, example_inputs):
+    raise RuntimeError("this compiler cannot build kernels here")
+
+
+def _small_block() -> tuple[SwinBlock, torch.Tensor]:
+    torch.manual_seed(0)
+    return SwinBlock(12, 3, 4, shift_size=2).eval(), torch.randn(1, 8, 8, 12)
+
+
+@pytest.mark.parametrize("compile_kwargs", [{"backend": _broken_backend}, {"mode": "no-such-mode"}])
+def test_compile_failure_falls_back_to_the_eager_module(caplog, compile_kwargs):
+    block, x = _small_block()
+    with caplog.at_level(logging.WARNING, logger="bundle.networks.acceleration"), torch.no_grad():
+        result = compile_or_eager(block, x, **compile_kwargs)
+    assert result is block
+    assert "torch.compile failed, running eager" in caplog.text
+
+
+def test_compile_success_returns_a_compiled_module_with_the_same_outputs():
+    block, x = _small_block()
+    with torch.no_grad():
+        compiled = compile_or_eager(block, x, backend="eager")
+        assert compiled is not block
+        torch.testing.assert_close(compiled(x), block(x))
