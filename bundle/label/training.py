@@ -59,7 +59,12 @@ def write_training_inputs(
         ],
     }
     entries = [
-        {"image": str(pair["image"]), "label": str(pair["label"]), "dataset": LABEL_DATASET, "task": "segmentation"}
+        {
+            "image": str(Path(pair["image"]).resolve()),
+            "label": str(Path(pair["label"]).resolve()),
+            "dataset": LABEL_DATASET,
+            "task": "segmentation",
+        }
         for pair in pairs
     ]
     registry_file = folder / "datasets.yaml"
@@ -126,7 +131,9 @@ class LabelFineTuner:
         if mode == "sync":
             values["pretrained_ckpt"] = str(self.model_path)
         else:
-            values["network"] = f"$bundle.networks.load_weights(@network_def, '{self.model_path}').to(@device)"
+            # pretrain.yaml starts from fresh weights; start from the served ones instead
+            values["start_ckpt"] = str(self.model_path)
+            values["network"] = "$bundle.networks.load_weights(@network_def, @start_ckpt).to(@device)"
         return values
 
     def run(self, pairs: Sequence[Mapping[str, str]], mode: str, epochs: int, organ: str, object_type: str) -> dict[str, Any]:
