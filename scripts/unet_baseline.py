@@ -1,0 +1,214 @@
+"""The plain alternative of issue 6: a MONAI ``UNet`` trained jointly on the demo segmentation sets.
+
+A 2D ``monai.networks.nets.UNet`` (channels 16-256, 2 residual units, 1.63 M parameters) is
+trained on the training split of every segmentation dataset of the registry at once (prompts
+ignored; classification datasets left out), with Dice + CE and Adam, for a fixed time budget
+(wall clock, or this process's CPU time with ``--clock process``), and evaluated per image on
+the test split with the bundle's own metric code (``bundle.workflows.metrics``: Dice per image,
+empty ground truth excluded, per dataset) at the network input resolution
+(``bundle.transforms.val_transforms``). The untrained model (same initial weights) is
+evaluated first, so one run prints both rows.
+
+Data and augmentation are the bundle's: ``train_transforms`` (official flip / rotate / zoom
+cascade) and the 1/sqrt(n) dataset-weighted sampler. By default every training image is seen
+whole (``--input_mode whole``): a network without a mode prompt cannot tell a local crop from a
+whole image, and the test split is whole; ``--input_mode official`` keeps PerceptGuide's 50 %
+local crops. The learning rate decays polynomially (power 0.9) over the elapsed fraction of the
+budget, the time analogue of the bundle's per-iteration schedule.
+
+Usage::
+
+    python scripts/unet_baseline.py [--minutes 12] [--clock wall|process] [--dataset_dir data/demo] \\
+        [--image_size 160] [--batch_size 16] [--lr 1e-3] [--threads 2] [--json out.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import time
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+if str(REPO_ROOT) not in sys.path:
+    sys.path.insert(0, str(REPO_ROOT))
+
+import torch  # noqa: E402
+from ignite.engine import Engine, Events  # noqa: E402
+from monai.data import CacheDataset, DataLoader, Dataset  # noqa: E402
+from monai.engines import SupervisedTrainer  # noqa: E402
+from monai.losses import DiceCELoss  # noqa: E402
+from monai.networks.nets import UNet  # noqa: E402
+from monai.transforms import Compose  # noqa: E402
+from monai.utils import set_determinism  # noqa: E402
+
+from bundle.data import load_registry, load_samples, weighted_sampler  # noqa: E402
+from bundle.data.registry import DatasetRegistry  # noqa: E402
+from bundle.transforms import RandPromptModed, train_transforms, val_transforms, verify_samples  # noqa: E402
+from bundle.transforms.prompt_mode import MODE_PROBABILITIES, WHOLE  # noqa: E402
+from bundle.workflows.losses import SEGMENTATION  # noqa: E402
+from bundle.workflows.metrics import SampleRecord, _seg_scores, summarise  # noqa: E402
+
+INPUT_MODES = ("whole", "official")
+
+
+def build_unet(seg_classes: int) -> UNet:
+    """The issue's U-Net: 2D, RGB in, 5 levels 16-256 channels, 2 residual units (1,625,737 params at 2 classes)."""
+    return UNet(
+        spatial_dims=2,
+        in_channels=3,
+        out_channels=seg_classes,
+        channels=(16, 32, 64, 128, 256),
+        strides=(2, 2, 2, 2),
+        num_res_units=2,
+    )
+
+
+def segmentation_samples(registry: DatasetRegistry, split: str) -> list[dict]:
+    """The registry's segmentation samples of ``split`` (classification datasets left out)."""
+    kept = [s for s in load_samples(registry, split) if s["task"] == "segmentation"]
+    if not kept:
+        raise ValueError(f"no segmentation samples in split '{split}' of the registry")
+    return verify_samples(kept, registry)
+
+
+def unet_train_transforms(image_size: int, registry: DatasetRegistry, input_mode: str) -> Compose:
+    """The bundle's training chain; with ``input_mode="whole"`` its random input mode always picks whole."""
+    chain = train_transforms(image_size, registry)
+    if input_mode == "official":
+        return chain
+    if input_mode != "whole":
+        raise ValueError(f"input_mode must be one of {list(INPUT_MODES)}, got '{input_mode}'")
+    whole_only = {task: {WHOLE: 1.0} for task in MODE_PROBABILITIES}
+    return Compose([RandPromptModed(whole_only) if isinstance(t, RandPromptModed) else t for t in chain.transforms])
+
+
+def evaluate(network: torch.nn.Module, loader: DataLoader, seg_classes: int) -> dict[str, dict[str, float]]:
+    """Per-dataset mean Dice / HD95 per image (the bundle's ``summarise``) of ``network`` on ``loader``."""
+    records = []
+    network.eval()
+    with torch.inference_mode():
+        for batch in loader:
+            pred = network(torch.as_tensor(batch["image"])).argmax(1)  # (B, H, W)
+            labels = torch.as_tensor(batch["label"])[:, 0]
+            for i, dataset in enumerate(batch["dataset"]):
+                dice, hd95 = _seg_scores(pred[i], labels[i], seg_classes)
+                records.append(SampleRecord(dataset, SEGMENTATION, dice=dice, hd95=hd95))
+    table, _ = summarise(records)
+    return table
+
+
+CLOCKS = {"wall": time.monotonic, "process": time.process_time}
+
+
+def attach_time_budget(
+    trainer: Engine, optimizer: torch.optim.Optimizer, lr: float, seconds: float, clock: str = "wall"
+) -> None:
+    """After every iteration: lr = lr0 · (1 - elapsed / budget)^0.9; stop once the budget is spent.
+
+    ``clock="process"`` counts this process's CPU seconds (all its threads) instead of wall
+    time: on a machine shared with other jobs, one thread and a process-time budget give the
+    training a quiet core would do in that wall time.
+    """
+    now = CLOCKS[clock]
+    start = now()
+
+    def step(engine: Engine) -> None:
+        fraction = (now() - start) / seconds
+        if fraction >= 1.0:
+            engine.terminate()
+            return
+        for group in optimizer.param_groups:
+            group["lr"] = lr * (1.0 - fraction) ** 0.9
+
+    trainer.add_event_handler(Events.ITERATION_COMPLETED, step)
+
+
+def run(args: argparse.Namespace) -> dict:
+    """Train for the budget, evaluate before and after; returns the figures (also for ``--json``)."""
+    torch.set_num_threads(args.threads)
+    set_determinism(seed=args.seed)
+    registry = load_registry(Path(args.dataset_dir) / "datasets.yaml")
+    classes = registry.num_seg_classes
+    train = segmentation_samples(registry, "train")
+    test = segmentation_samples(registry, args.split)
+    train_ds = CacheDataset(train, unet_train_transforms(args.image_size, registry, args.input_mode), num_workers=0)
+    train_loader = DataLoader(
+        train_ds, batch_size=args.batch_size, sampler=weighted_sampler(train, seed=args.seed), drop_last=True
+    )
+    test_loader = DataLoader(Dataset(test, val_transforms(args.image_size, registry)), batch_size=16, shuffle=False)
+
+    network = build_unet(classes)
+    untrained = evaluate(network, test_loader, classes)
+
+    optimizer = torch.optim.Adam(network.parameters(), lr=args.lr)
+    trainer = SupervisedTrainer(
+        device=torch.device("cpu"),
+        max_epochs=10**6,  # the time budget stops training
+        train_data_loader=train_loader,
+        network=network,
+        optimizer=optimizer,
+        loss_function=DiceCELoss(to_onehot_y=True, softmax=True),
+    )
+    attach_time_budget(trainer, optimizer, args.lr, args.minutes * 60, args.clock)
+    start, cpu_start = time.monotonic(), time.process_time()
+    trainer.run()
+    seconds, cpu_seconds = time.monotonic() - start, time.process_time() - cpu_start
+    trained = evaluate(network, test_loader, classes)
+    iterations = trainer.state.iteration
+    return {
+        "parameters": sum(p.numel() for p in network.parameters()),
+        "train_seconds": seconds,
+        "train_cpu_seconds": cpu_seconds,
+        "iterations": iterations,
+        "epochs": iterations / len(train_loader),
+        "samples_per_second": iterations * args.batch_size / seconds,
+        "untrained": untrained,
+        "trained": trained,
+        "args": vars(args),
+    }
+
+
+def table(result: dict) -> str:
+    """Markdown table: one row per model, one column per dataset (mean Dice per image, n test images)."""
+    datasets = sorted(result["trained"])
+    head = "| model | " + " | ".join(f"{d} Dice (n={result['trained'][d]['seg_n']})" for d in datasets) + " | mean |"
+    rows = [head, "|---" * (len(datasets) + 2) + "|"]
+    for name in ("untrained", "trained"):
+        dice = [result[name][d]["dice"] for d in datasets]
+        mean = sum(dice) / len(dice) if not any(math.isnan(v) for v in dice) else math.nan
+        label = f"U-Net {name}" if name == "untrained" else f"U-Net {result['args']['minutes']:g} min"
+        rows.append(f"| {label} | " + " | ".join(f"{v:.3f}" for v in dice) + f" | {mean:.3f} |")
+    return "\n".join(rows)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--dataset_dir", default=str(REPO_ROOT / "data" / "demo"))
+    parser.add_argument("--minutes", type=float, default=12.0, help="training budget")
+    parser.add_argument("--clock", choices=sorted(CLOCKS), default="wall", help="what the budget counts")
+    parser.add_argument("--image_size", type=int, default=160)
+    parser.add_argument("--batch_size", type=int, default=16)
+    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--input_mode", choices=INPUT_MODES, default="whole")
+    parser.add_argument("--split", default="test")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+    parser.add_argument("--json", help="also write the figures to this JSON file")
+    args = parser.parse_args(argv)
+    result = run(args)
+    print(
+        f"U-Net {result['parameters']:,} parameters: {result['iterations']} iterations "
+        f"({result['epochs']:.1f} epochs) in {result['train_seconds']:.0f} s "
+        f"({result['train_cpu_seconds']:.0f} CPU s), "
+        f"{result['samples_per_second']:.1f} samples/s"
+    )
+    print(table(result))
+    if args.json:
+        Path(args.json).write_text(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,78 @@
+"""scripts/unet_baseline.py: the issue's U-Net, its whole-image training chain, the time budget, the table."""
+
+from __future__ import annotations
+
+import importlib.util
+import math
+import time
+
+import pytest
+import torch
+from ignite.engine import Engine
+
+from bundle.prompts import MODES
+from conftest import REPO_ROOT
+
+spec = importlib.util.spec_from_file_location("unet_baseline", REPO_ROOT / "scripts" / "unet_baseline.py")
+unet_baseline = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(unet_baseline)
+
+
+@pytest.mark.parametrize("classes, expected", [(2, 1_625_737), (3, 1_626_072)])
+def test_unet_has_the_issues_size_and_maps_rgb_to_class_logits(classes: int, expected: int) -> None:
+    net = unet_baseline.build_unet(classes)
+    assert sum(p.numel() for p in net.parameters()) == expected
+    assert net(torch.rand(2, 3, 32, 48)).shape == (2, classes, 32, 48)
+
+
+@pytest.mark.parametrize("input_mode, modes", [("whole", {"whole"}), ("official", {"whole", "local"})])
+def test_training_chain_draws_only_the_requested_input_modes(input_mode: str, modes: set[str]) -> None:
+    registry = unet_baseline.load_registry(REPO_ROOT / "data" / "demo" / "datasets.yaml")
+    sample = unet_baseline.segmentation_samples(registry, "val")[0]
+    chain = unet_baseline.unet_train_transforms(32, registry, input_mode)
+    chain.set_random_state(seed=0)
+    drawn = set()
+    for _ in range(12):
+        out = chain(dict(sample))
+        assert out["image"].shape == (3, 32, 32) and out["label"].shape == (1, 32, 32)
+        drawn.add(MODES[int(out["prompt_mode"].argmax())])
+    assert drawn == modes
+
+
+def test_unknown_input_mode_is_refused_by_name() -> None:
+    registry = unet_baseline.load_registry(REPO_ROOT / "data" / "demo" / "datasets.yaml")
+    with pytest.raises(ValueError, match="input_mode.*'crop'"):
+        unet_baseline.unet_train_transforms(32, registry, "crop")
+
+
+@pytest.mark.parametrize("clock", ["wall", "process"])
+def test_time_budget_decays_the_learning_rate_then_stops_the_engine(clock: str) -> None:
+    param = torch.nn.Parameter(torch.zeros(1))
+    optimizer = torch.optim.SGD([param], lr=1.0)
+    lrs: list[float] = []
+
+    def busy(engine: Engine, batch: int) -> None:
+        end = time.process_time() + 0.01  # burns CPU, so the process clock advances too
+        while time.process_time() < end:
+            pass
+        lrs.append(optimizer.param_groups[0]["lr"])
+
+    engine = Engine(busy)
+    unet_baseline.attach_time_budget(engine, optimizer, lr=1.0, seconds=0.5, clock=clock)
+    engine.run(range(10), max_epochs=1000)
+    assert 4 <= engine.state.iteration < 1000  # stopped by the budget, not by max_epochs
+    assert lrs[0] == 1.0 and all(b < a for a, b in zip(lrs[1:], lrs[2:]))
+    assert 0.0 < lrs[-1] < 0.5
+
+
+def test_table_has_a_row_per_model_and_the_mean_of_datasets() -> None:
+    result = {
+        "args": {"minutes": 12.0},
+        "untrained": {"A": {"seg_n": 3, "dice": 0.1}, "B": {"seg_n": 2, "dice": 0.3}},
+        "trained": {"A": {"seg_n": 3, "dice": 0.9}, "B": {"seg_n": 2, "dice": 0.5}},
+    }
+    lines = unet_baseline.table(result).splitlines()
+    assert lines[0] == "| model | A Dice (n=3) | B Dice (n=2) | mean |"
+    assert lines[2] == "| U-Net untrained | 0.100 | 0.300 | 0.200 |"
+    assert lines[3] == "| U-Net 12 min | 0.900 | 0.500 | 0.700 |"
+    assert not math.isnan(float(lines[3].split("|")[-2]))
