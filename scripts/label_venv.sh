@@ -51,7 +51,7 @@ pip_install() {
 }
 
 started=$SECONDS
-echo "label_venv: building $VENV (about 4-6 minutes the first time)" >&2
+echo "label_venv: building $VENV (about 4-7 minutes the first time)" >&2
 test -x "$VENV/bin/python" || "$PYTHON" -m venv "$VENV" >&2
 pip_install --upgrade pip
 pip_install "$TORCH_PIN"

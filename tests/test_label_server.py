@@ -51,7 +51,7 @@ SMALL_NET = {
 PROMPTS = {"organ": "head", "object_type": "organ"}
 TRAIN_IMAGES = 6
 FULL_EPOCHS = 20
-VENV_BUILD_TIMEOUT = 1800  # a cold build takes about 4-6 minutes here
+VENV_BUILD_TIMEOUT = 1800  # a cold build takes about 4-7 minutes here
 READY_TIMEOUT = 180
 TRAIN_TIMEOUT = 600
 
