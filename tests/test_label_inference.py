@@ -12,48 +12,36 @@ from pathlib import Path
 import numpy as np
 import pydicom
 import pytest
-import torch
-import yaml
-from monai.bundle import ConfigParser
+from label_support import REPO_ROOT, small_net_overrides, write_checkpoint
 from PIL import Image
 from pydicom.dataset import FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
 from bundle.label.inference import BundleInference, RequestError
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
 HEADS = REPO_ROOT / "data" / "demo" / "segmentation" / "Fetal_HC" / "imgs"
-SMALL_NET = {
-    "image_size": 64,
-    "network_def#embed_dim": 12,
-    "network_def#encoder_depths": [1, 1],
-    "network_def#decoder_depths": [1, 1],
-    "network_def#num_heads": [1, 2],
-}
 OVERRIDES = {"bundle_root": str(REPO_ROOT), "device": "$torch.device('cpu')"}
-
-
-def write_checkpoint(config_files: list[Path], path: Path, seed: int) -> None:
-    """An untrained checkpoint of the configs' network whose prompt layers are strong enough to matter."""
-    parser = ConfigParser()
-    parser.read_config([str(f) for f in config_files])
-    parser["bundle_root"] = str(REPO_ROOT)
-    torch.manual_seed(seed)
-    state = parser.get_parsed_content("network_def").state_dict()
-    torch.save({k: v * 50 if ".prompt_proj." in k else v for k, v in state.items()}, path)
+# strong prompt layers, so that prompts visibly change an untrained network's output
+PROMPT_SCALE = 50.0
 
 
 @pytest.fixture(scope="module")
-def config_files(tmp_path_factory) -> list[Path]:
-    small = tmp_path_factory.mktemp("configs") / "small_net.yaml"
-    small.write_text(yaml.safe_dump(SMALL_NET))
-    return [REPO_ROOT / "configs" / "inference.yaml", REPO_ROOT / "configs" / "cpu.yaml", small]
+def overrides(tmp_path_factory) -> list[Path]:
+    return small_net_overrides(tmp_path_factory.mktemp("configs"))
 
 
 @pytest.fixture(scope="module")
-def inference(config_files, tmp_path_factory) -> BundleInference:
-    model = tmp_path_factory.mktemp("model") / "model.pt"
-    write_checkpoint(config_files, model, seed=0)
+def config_files(overrides) -> list[Path]:
+    return [REPO_ROOT / "configs" / "inference.yaml", *overrides]
+
+
+def checkpoint(overrides: list[Path], path: Path, seed: int = 0) -> Path:
+    return write_checkpoint(overrides, path, seed, prompt_scale=PROMPT_SCALE)
+
+
+@pytest.fixture(scope="module")
+def inference(config_files, overrides, tmp_path_factory) -> BundleInference:
+    model = checkpoint(overrides, tmp_path_factory.mktemp("model") / "model.pt")
     return BundleInference(config_files, model, overrides=OVERRIDES, defaults={"organ": "head", "object_type": "organ"})
 
 
@@ -117,20 +105,18 @@ def test_an_unreadable_image_is_a_422_naming_the_file(inference, tmp_path, conte
     assert err.value.status == 422
 
 
-def test_a_default_prompt_outside_the_vocabulary_fails_at_start(config_files, tmp_path):
-    model = tmp_path / "model.pt"
-    write_checkpoint(config_files, model, seed=0)
+def test_a_default_prompt_outside_the_vocabulary_fails_at_start(config_files, overrides, tmp_path):
+    model = checkpoint(overrides, tmp_path / "model.pt")
     with pytest.raises(RequestError, match="unknown organ 'spleen'"):
         BundleInference(config_files, model, overrides=OVERRIDES, defaults={"organ": "spleen"})
 
 
-def test_a_replaced_checkpoint_is_served_by_the_next_request(config_files, tmp_path):
-    model = tmp_path / "model.pt"
-    write_checkpoint(config_files, model, seed=0)
+def test_a_replaced_checkpoint_is_served_by_the_next_request(config_files, overrides, tmp_path):
+    model = checkpoint(overrides, tmp_path / "model.pt")
     inference = BundleInference(config_files, model, overrides=OVERRIDES)
     image = sorted(HEADS.glob("*.png"))[0]
     first = inference.predict(image, {}, tmp_path / "a")
-    write_checkpoint(config_files, tmp_path / "new.pt", seed=1)
+    checkpoint(overrides, tmp_path / "new.pt", seed=1)
     os.replace(tmp_path / "new.pt", model)
     second = inference.predict(image, {}, tmp_path / "b")
     assert second.weights != first.weights

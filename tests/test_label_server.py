@@ -32,22 +32,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
-import yaml
-from monai.bundle import ConfigParser
+from label_support import REPO_ROOT, small_net_overrides, write_checkpoint
 from PIL import Image
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
 DEMO = REPO_ROOT / "data" / "demo" / "segmentation"
 MODEL = "perceptguide"
-# a small network at a small input keeps training inside the test's budget on 2 CPU cores
-SMALL_NET = {
-    "image_size": 64,
-    "network_def#embed_dim": 12,
-    "network_def#encoder_depths": [1, 1],
-    "network_def#decoder_depths": [1, 1],
-    "network_def#num_heads": [1, 2],
-}
 PROMPTS = {"organ": "head", "object_type": "organ"}
 TRAIN_IMAGES = 6
 FULL_EPOCHS = 20
@@ -184,15 +173,9 @@ def setup(tmp_path_factory, label_venv) -> dict:
     for image in heads:
         shutil.copy(image, studies / image.name)
     (studies / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n this is not an image")
-    overrides = root / "small_net.yaml"
-    overrides.write_text(yaml.safe_dump(SMALL_NET))
-    config_files = ["configs/inference.yaml", "configs/cpu.yaml", str(overrides)]
-    parser = ConfigParser()
-    parser.read_config([str(REPO_ROOT / f) for f in config_files])
-    parser["bundle_root"] = str(REPO_ROOT)
-    torch.manual_seed(0)
-    model = root / "model.pt"
-    torch.save(parser.get_parsed_content("network_def").state_dict(), model)
+    overrides = small_net_overrides(root)
+    model = write_checkpoint(overrides, root / "model.pt", seed=0)
+    config_files = [REPO_ROOT / "configs" / "inference.yaml", *overrides]
     return {"studies": studies, "model": model, "overrides": overrides, "heads": heads, "config_files": config_files}
 
 
@@ -203,7 +186,7 @@ def server(setup) -> Iterator[Client]:
     command = [
         str(REPO_ROOT / "scripts" / "label_server.sh"), str(setup["studies"]), str(port),
         "--conf", "model_path", str(setup["model"]),
-        "--conf", "configs", f"configs/cpu.yaml,{setup['overrides']}",
+        "--conf", "configs", ",".join(map(str, setup["overrides"])),
         "--conf", "device", "cpu",
         "--conf", "organ", PROMPTS["organ"],
         "--conf", "object_type", PROMPTS["object_type"],
@@ -318,7 +301,7 @@ def test_server_mask_equals_the_bundle_inference_command(server, setup, tmp_path
     shutil.copy(image, inputs / image.name)
     command = [
         sys.executable, "-m", "monai.bundle", "run",
-        "--config_file", str([str(REPO_ROOT / f) for f in setup["config_files"]]),
+        "--config_file", str([str(f) for f in setup["config_files"]]),
         "--bundle_root", str(REPO_ROOT), "--input_dir", str(inputs), "--output_dir", str(tmp_path / "out"),
         "--ckpt_path", str(setup["model"]), "--organ", PROMPTS["organ"], "--object_type", PROMPTS["object_type"],
         "--device", "$torch.device('cpu')",

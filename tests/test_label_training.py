@@ -10,23 +10,14 @@ from pathlib import Path
 
 import pytest
 import torch
-import yaml
-from monai.bundle import ConfigParser
+from label_support import REPO_ROOT, small_net_overrides, write_checkpoint
 
 from bundle.data import load_registry, load_samples
 from bundle.label.inference import file_digest
 from bundle.label.training import LABEL_DATASET, LabelFineTuner, write_training_inputs
 from bundle.prompts import DEFAULT_VOCABULARY
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
 HEADS = REPO_ROOT / "data" / "demo" / "segmentation" / "Fetal_HC"
-SMALL_NET = {
-    "image_size": 64,
-    "network_def#embed_dim": 12,
-    "network_def#encoder_depths": [1, 1],
-    "network_def#decoder_depths": [1, 1],
-    "network_def#num_heads": [1, 2],
-}
 
 
 @pytest.fixture(scope="module")
@@ -38,16 +29,9 @@ def pairs() -> list[dict]:
 @pytest.fixture
 def tuner(tmp_path) -> LabelFineTuner:
     """A tuner serving an untrained small-network checkpoint in ``tmp_path``."""
-    small = tmp_path / "small_net.yaml"
-    small.write_text(yaml.safe_dump(SMALL_NET))
-    overrides = [REPO_ROOT / "configs" / "cpu.yaml", small]
-    parser = ConfigParser()
-    parser.read_config([str(REPO_ROOT / "configs" / "inference.yaml"), *map(str, overrides)])
-    parser["bundle_root"] = str(REPO_ROOT)
+    overrides = small_net_overrides(tmp_path)
     # seed 1: unlike the configs' seed 0, a run that ignored the served weights would show
-    torch.manual_seed(1)
-    model = tmp_path / "model.pt"
-    torch.save(parser.get_parsed_content("network_def").state_dict(), model)
+    model = write_checkpoint(overrides, tmp_path / "model.pt", seed=1)
     return LabelFineTuner(REPO_ROOT, model, overrides, DEFAULT_VOCABULARY, device="cpu")
 
 

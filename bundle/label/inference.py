@@ -73,11 +73,8 @@ class Prediction:
 
 def file_digest(path: Path) -> str:
     """sha256 hex digest of a file."""
-    digest = hashlib.sha256()
     with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+        return hashlib.file_digest(handle, "sha256").hexdigest()
 
 
 class BundleInference:
