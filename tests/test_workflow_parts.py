@@ -15,6 +15,7 @@ from bundle.workflows.batch import PreparePromptBatch
 from bundle.workflows.inferers import PromptInferer
 from bundle.workflows.losses import TaskMaskedLoss
 from bundle.workflows.metrics import MultiTaskMetrics, SampleRecord, summarise
+from bundle.workflows.schedules import warmup_poly_lr
 from bundle.workflows.sync import prompt_parameters
 from bundle_runner import REPO_ROOT, TINY_MODEL
 
@@ -134,3 +135,21 @@ def test_configs_satisfy_the_monai_bundle_workflow_contract(stage, workflow_type
     )
     workflow.initialize()
     assert not workflow.check_properties()
+
+
+def test_warmup_poly_lr_ramps_up_then_decays_to_zero():
+    param = torch.nn.Parameter(torch.zeros(1))
+    optimizer = torch.optim.Adam([param], lr=1e-3)
+    schedule = warmup_poly_lr(optimizer, total_iters=20, warmup_iters=5)
+    rates = []
+    for _ in range(20):
+        rates.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        schedule.step()
+    assert rates[0] == pytest.approx(4e-5)
+    assert rates[:6] == sorted(rates[:6]) and rates[5] == pytest.approx(1e-3)
+    assert rates[5:] == sorted(rates[5:], reverse=True) and optimizer.param_groups[0]["lr"] == pytest.approx(0.0)
+    official = warmup_poly_lr(torch.optim.Adam([param], lr=1e-3), total_iters=20)
+    assert isinstance(official, torch.optim.lr_scheduler.PolynomialLR)
+    with pytest.raises(ValueError, match="warmup_iters"):
+        warmup_poly_lr(optimizer, total_iters=5, warmup_iters=5)

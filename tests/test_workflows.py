@@ -124,7 +124,7 @@ def test_ckpt_export_torchscript_matches_the_checkpoint(pretrained, workdir):
 
 
 def test_resume_after_sigkill_continues_from_the_last_checkpoint(workdir, datalist):
-    EPOCHS = 12  # tiny epochs (3 iterations): enough of them that the kill lands mid-run
+    EPOCHS = 12  # tiny epochs (4 iterations): enough of them that the kill lands mid-run
     ckpt_dir = workdir / "resume_models"
     args = ["--config_file", config_list("pretrain"), "--logging_file", "configs/logging.conf",
             "--datalist", str(datalist), "--ckpt_dir", str(ckpt_dir),
@@ -155,8 +155,9 @@ def test_resume_after_sigkill_continues_from_the_last_checkpoint(workdir, datali
     completed = [epoch for epoch in range(1, EPOCHS + 1) if f"SupervisedTrainer - INFO - Epoch[{epoch}] Complete" in log]
     assert completed == list(range(killed_at + 1, EPOCHS + 1))
     final = torch.load(ckpt_dir / f"checkpoint_{EPOCHS}.pt", weights_only=False)
-    assert final["trainer"]["iteration"] == EPOCHS * 3
-    assert final["lr_scheduler"]["last_epoch"] == EPOCHS * 3  # per-iteration poly decay kept counting
+    total_iterations = EPOCHS * final["trainer"]["epoch_length"]
+    assert final["trainer"]["iteration"] == total_iterations
+    assert final["lr_scheduler"]["last_epoch"] == total_iterations  # per-iteration poly decay kept counting
 
 
 def test_multi_gpu_override_trains_with_two_gloo_processes(workdir, datalist):
@@ -165,7 +166,7 @@ def test_multi_gpu_override_trains_with_two_gloo_processes(workdir, datalist):
         "--config_file", config_list("pretrain", "multi_gpu_pretrain"), "--datalist", str(datalist),
         "--ckpt_dir", str(ckpt_dir), "--output_dir", str(workdir / "ddp_runs"),
     ]  # fmt: skip
-    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=0", "-m", "monai.bundle", "run", *args]
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "monai.bundle", "run", *args]
     result = subprocess.run(command, cwd=REPO_ROOT, env=subprocess_env(), capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-4000:]
     assert (ckpt_dir / "model.pt").is_file() and (ckpt_dir / "checkpoint_1.pt").is_file()

@@ -14,6 +14,7 @@ checks come first and are deterministic, so a ``CacheDataset`` caches the decode
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 
 from monai.transforms import CenterSpatialCropd, Compose, EnsureTyped, Lambdad, SelectItemsd
@@ -34,7 +35,11 @@ def load_transforms(registry: DatasetRegistry | str | Path) -> list:
     return [LoadUltrasoundd(("image", "label", "mask")), MaskToIndicesd(as_registry(registry))]
 
 
-def train_transforms(image_size: int, registry: DatasetRegistry | str | Path) -> Compose:
+def train_transforms(
+    image_size: int,
+    registry: DatasetRegistry | str | Path,
+    mode_probabilities: Mapping[str, Mapping[str, float]] | None = None,
+) -> Compose:
     """Training chain (official recipe).
 
     load -> random input mode (local crop / location mark, official probabilities) -> shorter
@@ -44,12 +49,14 @@ def train_transforms(image_size: int, registry: DatasetRegistry | str | Path) ->
     Args:
         image_size: output side S.
         registry: dataset declarations (mask values, prompt vocabulary).
+        mode_probabilities: task -> {input mode: probability}; None for the official
+            ``MODE_PROBABILITIES``.
     """
     registry = as_registry(registry)
     return Compose(
         load_transforms(registry)
         + [
-            RandPromptModed(),
+            RandPromptModed(mode_probabilities),
             ShortSideResized(SPATIAL_KEYS, image_size),
             official_augmentation(SPATIAL_KEYS),
             CenterSpatialCropd(SPATIAL_KEYS, (image_size, image_size), allow_missing_keys=True),
