@@ -224,18 +224,26 @@ class WindowAttention(nn.Module):
         return self.proj_drop(self.proj(out))
 
     def _fused(self, windows: torch.Tensor, batch: int, shift_mask: torch.Tensor | None) -> torch.Tensor:
-        """Plain window attention with ``scaled_dot_product_attention`` on 4-D views: (B·nW, N, C)."""
+        """Plain window attention on 4-D (B·nW, heads, N, d) views of the projection: (B·nW, N, C)."""
         total, n, channels = windows.shape
-        # views of the projection, no copy: (B·nW, heads, N, d) each
-        q, k, v = self.qkv(windows).view(total, n, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
-        # the CPU flash kernel takes a 4-D mask broadcasting against (B·nW, heads, N, N)
+        heads = self.num_heads
+        q, k, v = self.qkv(windows).view(total, n, 3, heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
         additive = self._additive(shift_mask)
-        if shift_mask is None:
-            additive = additive.unsqueeze(0)
+        if torch.is_grad_enabled() and additive.requires_grad:
+            # Training: the CPU flash kernel gives no gradient for the mask (the learnt bias) and
+            # SDPA's math fallback is slower than these steps; scaling inside the bias add keeps
+            # no scaled copy of q alive for the backward pass.
+            logits = torch.add(additive, (q @ k.transpose(-2, -1)).view(batch, -1, heads, n, n), alpha=self.scale)
+            weights = F.dropout(torch.softmax(logits, dim=-1), self.attn_drop, self.training)
+            out = weights.view(total, heads, n, n) @ v
         else:
-            additive = additive.unsqueeze(0).expand(batch, -1, -1, -1, -1).reshape(total, self.num_heads, n, n)
-        dropout = self.attn_drop if self.training else 0.0
-        out = F.scaled_dot_product_attention(q, k, v, additive, dropout, scale=self.scale)
+            # the CPU flash kernel takes a 4-D mask broadcasting against (B·nW, heads, N, N)
+            if shift_mask is None:
+                additive = additive.unsqueeze(0)
+            else:
+                additive = additive.unsqueeze(0).expand(batch, -1, -1, -1, -1).reshape(total, heads, n, n)
+            dropout = self.attn_drop if self.training else 0.0
+            out = F.scaled_dot_product_attention(q, k, v, additive, dropout, scale=self.scale)
         return out.transpose(1, 2).reshape(total, n, channels)
 
     def _rank_one(
@@ -263,11 +271,12 @@ class WindowAttention(nn.Module):
             # per-sample (heads, C) weight for k·b, stacked with the q·a weight: one batched GEMM
             b = b[:, 0]
             weight_kb = torch.einsum("bhd,hdc->bhc", b, weight_k)
-            weight = torch.cat([weight_qa.expand(batch, -1, -1), weight_kb], dim=1)  # (B, 2·heads, C)
-            projected = torch.bmm(tokens, weight.transpose(1, 2))
-            if bias_q is not None:
+            weight = torch.cat([weight_qa.expand(batch, -1, -1), weight_kb], dim=1).transpose(1, 2)  # (B, C, 2·heads)
+            if bias_q is None:
+                projected = torch.bmm(tokens, weight)
+            else:
                 bias = torch.cat([bias_qa.expand(batch, -1), (b * bias_k).sum(-1)], dim=1)  # (B, 2·heads)
-                projected = projected + bias.unsqueeze(1)
+                projected = torch.baddbmm(bias.unsqueeze(1), tokens, weight)
             q_a, k_b = projected.view(batch, num_windows, n, 2, heads).unbind(3)
         value = F.linear(tokens, weight_v.reshape(channels, channels), None if bias_v is None else bias_v.reshape(-1))
 
