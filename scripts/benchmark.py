@@ -4,8 +4,8 @@ One invocation measures every (path, workload) pair, each in a fresh subprocess 
 RSS is its own, and prints one table with the ratios to the reference path (issue 9):
 
 - paths: ``reference`` (``attention_impl="reference"``, the official order of operations),
-  ``fast`` (fp32), ``bf16`` (``precision="bfloat16"``; only where the CPU has native bf16, or with
-  ``--force-bf16``), ``compiled`` (``torch.compile`` of ``fast``, with ``--compile``),
+  ``fast`` (fp32), ``bf16`` (``fast`` under ``torch.autocast(bfloat16)`` as ``PromptInferer``
+  applies it; only where the CPU has native bf16, or with ``--force-bf16``), ``compiled`` (``torch.compile`` of ``fast``, with ``--compile``),
   ``checkpoint`` (``fast`` with activation checkpointing, training only), and MONAI's
   ``SwinUNETR`` in 2D with feature size 24 and 48 as peers.
 - workloads: inference at batch 1 and 8 (``torch.inference_mode``), one Adam training step at
@@ -23,6 +23,7 @@ Usage::
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -72,6 +73,7 @@ class Variant:
     workloads: Sequence[str] = tuple(WORKLOADS)
     prompted: bool = True
     compiled: bool = False
+    bf16: bool = False
 
 
 def perceptguide(train: bool, **options) -> nn.Module:
@@ -93,7 +95,7 @@ def swin_unetr(feature_size: int) -> nn.Module:
 PATHS = {
     "reference": Variant(lambda train: perceptguide(train, attention_impl="reference")),
     "fast": Variant(lambda train: perceptguide(train)),
-    "bf16": Variant(lambda train: perceptguide(train, precision="bfloat16")),
+    "bf16": Variant(lambda train: perceptguide(train), bf16=True),
     "compiled": Variant(lambda train: perceptguide(train), compiled=True),
     "checkpoint": Variant(lambda train: perceptguide(train, use_checkpoint=True), workloads=("train-b8",)),
     "SwinUNETR-24": Variant(lambda train: swin_unetr(24), prompted=False),
@@ -155,24 +157,41 @@ def time_calls(step: Callable[[], object], repeats: int, warmup: int) -> list[fl
 
 
 def measure(
-    model: nn.Module, workload: Workload, prompted: bool, repeats: int, warmup: int, compile_model: bool = False
+    model: nn.Module,
+    workload: Workload,
+    prompted: bool,
+    repeats: int,
+    warmup: int,
+    compile_model: bool = False,
+    bf16: bool = False,
 ) -> list[float]:
-    """Seconds per call of ``model`` on ``workload`` (inference under inference_mode, or an Adam step)."""
-    from bundle.networks.acceleration import compile_or_eager
+    """Seconds per call of ``model`` on ``workload``: inference under inference_mode, or an Adam step.
+
+    ``bf16`` runs the forward (and loss) under CPU bf16 autocast; backward and the fp32 master
+    weights stay outside it, as PyTorch's AMP recipe has it.
+    """
+    from bundle.networks.compilation import compile_or_eager
 
     args, seg_label, cls_label = inputs(workload.batch, prompted)
     model.train(workload.train)
+
+    def autocast() -> contextlib.AbstractContextManager:
+        return torch.autocast("cpu", dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
+
     if not workload.train:
-        with torch.inference_mode():
+        with torch.inference_mode(), autocast():
             run = compile_or_eager(model, *args) if compile_model else model
             return time_calls(lambda: run(*args), repeats, warmup)
 
-    run = compile_or_eager(model, *args) if compile_model else model
+    with autocast():
+        run = compile_or_eager(model, *args) if compile_model else model
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
 
     def step() -> None:
         optimizer.zero_grad(set_to_none=True)
-        loss_of(run(*args), seg_label, cls_label).backward()
+        with autocast():
+            loss = loss_of(run(*args), seg_label, cls_label)
+        loss.backward()
         optimizer.step()
 
     return time_calls(step, repeats, warmup)
@@ -187,7 +206,8 @@ def worker(path: str, workload: str, repeats: int, warmup: int, threads: int) ->
     """Measure one pair in this (fresh) process and print it as one JSON line."""
     torch.set_num_threads(threads)
     spec = PATHS[path]
-    times = measure(spec.build(WORKLOADS[workload].train), WORKLOADS[workload], spec.prompted, repeats, warmup, spec.compiled)
+    model = spec.build(WORKLOADS[workload].train)
+    times = measure(model, WORKLOADS[workload], spec.prompted, repeats, warmup, spec.compiled, spec.bf16)
     print(json.dumps({"times": times, "peak_rss_mb": peak_rss_mb()}))
 
 
@@ -215,10 +235,10 @@ def worker_env(args: argparse.Namespace) -> dict[str, str]:
 
 def selected_paths(args: argparse.Namespace) -> dict[str, str]:
     """Paths to run, and a reason for each path left out."""
-    from bundle.networks.acceleration import native_bf16_cpu
+    from bundle.workflows.inferers import cpu_supports_bf16
 
     skipped = {}
-    if not (native_bf16_cpu() or args.force_bf16):
+    if not (cpu_supports_bf16() or args.force_bf16):
         skipped["bf16"] = "skipped: this CPU lacks native bf16 (avx512_bf16 / amx_bf16); --force-bf16 runs it"
     if not args.compile:
         skipped["compiled"] = "skipped: --compile runs it (compilation takes minutes)"
@@ -227,15 +247,12 @@ def selected_paths(args: argparse.Namespace) -> dict[str, str]:
 
 def machine() -> dict[str, str]:
     """CPU model, its vector/bf16 flags, torch version and load, for the record."""
-    from bundle.networks.acceleration import cpu_flags
-
-    model = next(
-        (line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("model name")),
-        platform.processor(),
-    )
-    flags = sorted(flag for flag in cpu_flags() if flag.startswith(("avx", "amx", "fma")))
+    cpuinfo = Path("/proc/cpuinfo").read_text().splitlines() if Path("/proc/cpuinfo").exists() else []
+    fields = dict(line.split(":", 1) for line in cpuinfo if ":" in line)
+    fields = {key.strip(): value.strip() for key, value in fields.items()}
+    flags = sorted(flag for flag in fields.get("flags", "").split() if flag.startswith(("avx", "amx", "fma")))
     return {
-        "cpu": f"{model} ({os.cpu_count()} logical CPUs)",
+        "cpu": f"{fields.get('model name', platform.processor())} ({os.cpu_count()} logical CPUs)",
         "flags": " ".join(flags),
         "torch": f"{torch.__version__} (capability {torch.backends.cpu.get_cpu_capability()})",
         "load": " ".join(f"{value:.2f}" for value in os.getloadavg()),

@@ -14,7 +14,6 @@ from monai.networks.layers import trunc_normal_
 from monai.networks.nets.swin_unetr import PatchMergingV2
 from torch import nn
 
-from bundle.networks.acceleration import resolve_precision
 from bundle.networks.swin_blocks import ChannelHalving, PatchEmbedding, PatchExpanding, SwinStage
 from bundle.prompts import DEFAULT_VOCABULARY, PROMPT_KEYS
 
@@ -182,10 +181,6 @@ class PerceptGuide(nn.Module):
         official_batch_prompt_bug: reproduce the official batch prompt mixing (window i gets the
             prompts of sample i % B); only for parity with official results.
         use_checkpoint: activation checkpointing per Swin block (less memory, slower training).
-        precision: compute dtype of the forward, in training and inference: ``"float32"``,
-            ``"bfloat16"`` (autocast; parameters, optimiser state and outputs stay fp32) or
-            ``"auto"`` (bf16 where the CPU has native bf16, else fp32 with a log line); see
-            :mod:`bundle.networks.acceleration`.
 
     Example::
 
@@ -217,7 +212,6 @@ class PerceptGuide(nn.Module):
         attention_impl: str = "fast",
         official_batch_prompt_bug: bool = False,
         use_checkpoint: bool = False,
-        precision: str = "float32",
     ) -> None:
         super().__init__()
         levels = len(encoder_depths)
@@ -239,7 +233,6 @@ class PerceptGuide(nn.Module):
         self.prompt = prompt
         self.prompt_sizes = sizes if prompt else {}
         self.pad_multiple = patch_size * window_size * 2 ** (levels - 1)
-        self.compute_dtype = resolve_precision(precision)
 
         common = {
             "window_size": window_size,
@@ -331,18 +324,8 @@ class PerceptGuide(nn.Module):
         """
         if image.dim() != 4 or image.shape[1] != self.in_channels:
             raise ValueError(f"image must have shape (B, {self.in_channels}, H, W), got {tuple(image.shape)}.")
-        checked = self._check_prompts(prompts, image.shape[0])
-        if self.compute_dtype == torch.float32:
-            return self._forward(image, checked)
-        with torch.autocast(image.device.type, dtype=self.compute_dtype):
-            seg_logits, cls_logits = self._forward(image, checked)
-        return seg_logits.float(), cls_logits.float()
-
-    def _forward(
-        self, image: torch.Tensor, prompts: dict[str, torch.Tensor] | None
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Validated (B, C, H, W) image and prompts -> seg logits (B, K, H, W), cls logits (B, K')."""
-        height, width = image.shape[-2:]
+        batch, _, height, width = image.shape
+        checked = self._check_prompts(prompts, batch)
         pad_h = -height % self.pad_multiple
         pad_w = -width % self.pad_multiple
         if pad_h or pad_w:
@@ -355,6 +338,6 @@ class PerceptGuide(nn.Module):
             x = stage(x)
         bottleneck = self.encoder_norm(x)
 
-        seg_logits = self.seg_decoder(bottleneck, skips, prompts)
-        cls_logits = self.cls_decoder(bottleneck, skips, prompts)
+        seg_logits = self.seg_decoder(bottleneck, skips, checked)
+        cls_logits = self.cls_decoder(bottleneck, skips, checked)
         return seg_logits[:, :, :height, :width], cls_logits
