@@ -151,5 +151,8 @@ def test_warmup_poly_lr_ramps_up_then_decays_to_zero():
     assert rates[5:] == sorted(rates[5:], reverse=True) and optimizer.param_groups[0]["lr"] == pytest.approx(0.0)
     official = warmup_poly_lr(torch.optim.Adam([param], lr=1e-3), total_iters=20)
     assert isinstance(official, torch.optim.lr_scheduler.PolynomialLR)
-    with pytest.raises(ValueError, match="warmup_iters"):
-        warmup_poly_lr(optimizer, total_iters=5, warmup_iters=5)
+    short = warmup_poly_lr(torch.optim.Adam([param], lr=1e-3), total_iters=4, warmup_iters=10)
+    assert isinstance(short, torch.optim.lr_scheduler.SequentialLR) and short._milestones == [2]
+    assert isinstance(warmup_poly_lr(torch.optim.Adam([param], lr=1e-3), total_iters=1, warmup_iters=4), torch.optim.lr_scheduler.PolynomialLR)
+    with pytest.raises(ValueError, match="warmup_iters >= 0"):
+        warmup_poly_lr(optimizer, total_iters=5, warmup_iters=-1)
