@@ -226,10 +226,12 @@ def run_worker(path: str, workload: str, args: argparse.Namespace) -> Measuremen
 
 
 def worker_env(args: argparse.Namespace) -> dict[str, str]:
-    """Thread limits for every library, and optional huge pages for large tensors."""
+    """Thread limits for every library, optional huge pages and passive OpenMP waiting."""
     env = {name: str(args.threads) for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS")}
     if args.thp:
         env["THP_MEM_ALLOC_ENABLE"] = "1"
+    if args.omp_passive:
+        env["OMP_WAIT_POLICY"] = "PASSIVE"
     return env
 
 
@@ -318,6 +320,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--compile", action="store_true", help="also run the torch.compile path")
     parser.add_argument("--force-bf16", action="store_true", help="run bf16 even without native CPU support")
     parser.add_argument("--thp", action="store_true", help="THP_MEM_ALLOC_ENABLE=1 in every worker")
+    parser.add_argument(
+        "--omp-passive", action="store_true", help="OMP_WAIT_POLICY=PASSIVE in every worker (robust on a busy machine)"
+    )
     parser.add_argument("--json", type=Path, help="write the measurements here")
     parser.add_argument("--plot", type=Path, help="write a PNG bar chart of images/s here (needs matplotlib)")
     parser.add_argument("--worker", nargs=2, metavar=("PATH", "WORKLOAD"), help=argparse.SUPPRESS)
@@ -330,10 +335,12 @@ def main(argv: Sequence[str] | None = None) -> None:
         worker(*args.worker, args.repeats, args.warmup, args.threads)
         return
     info = machine()
+    info["environment"] = " ".join(f"{key}={value}" for key, value in worker_env(args).items())
     for key, value in info.items():
         print(f"{key}: {value}")
     notes = selected_paths(args)
-    pairs = [(p, w) for p in notes if not notes[p] for w in args.workloads if w in PATHS[p].workloads]
+    # workload-major: the paths compared on one workload run back to back, under the same load
+    pairs = [(p, w) for w in args.workloads for p in notes if not notes[p] and w in PATHS[p].workloads]
     pooled = {pair: Measurement(*pair) for pair in pairs}
     for round_index in range(args.rounds):
         for pair in pairs:
