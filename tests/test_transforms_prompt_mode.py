@@ -133,6 +133,15 @@ def test_random_modes_follow_official_probabilities(hand_made, task):
         assert abs(counts[mode] / draws - probability) < 0.03, (mode, counts)  # > 3.7 sigma
 
 
+def test_partial_probabilities_keep_the_official_table_of_other_tasks(hand_made):
+    _, _, loaded = hand_made
+    chooser = RandPromptModed({"segmentation": {"whole": 1.0}})
+    chooser.set_random_state(seed=0)
+    seg, cls = loaded["seg"], loaded["cls"]
+    assert {chooser.choose(seg, seg["label"][0] > 0) for _ in range(50)} == {"whole"}
+    assert {chooser.choose(cls, cls["mask"][0] > 0) for _ in range(50)} == set(MODE_PROBABILITIES["classification"])
+
+
 def test_random_mode_with_empty_or_missing_mask_is_always_whole(hand_made):
     _, _, loaded = hand_made
     chooser = RandPromptModed()

@@ -15,7 +15,7 @@ from bundle.workflows.batch import PreparePromptBatch
 from bundle.workflows.inferers import PromptInferer
 from bundle.workflows.losses import TaskMaskedLoss
 from bundle.workflows.metrics import MultiTaskMetrics, SampleRecord, summarise
-from bundle.workflows.schedules import warmup_poly_lr
+from bundle.workflows.schedules import warmup_decay_lr
 from bundle.workflows.sync import prompt_parameters
 from bundle_runner import REPO_ROOT, TINY_MODEL
 
@@ -137,22 +137,38 @@ def test_configs_satisfy_the_monai_bundle_workflow_contract(stage, workflow_type
     assert not workflow.check_properties()
 
 
-def test_warmup_poly_lr_ramps_up_then_decays_to_zero():
-    param = torch.nn.Parameter(torch.zeros(1))
-    optimizer = torch.optim.Adam([param], lr=1e-3)
-    schedule = warmup_poly_lr(optimizer, total_iters=20, warmup_iters=5)
+def learning_rates(schedule: torch.optim.lr_scheduler.LRScheduler, iterations: int) -> list[float]:
+    """The learning rate of each of ``iterations`` optimizer steps under ``schedule``."""
+    optimizer = schedule.optimizer
     rates = []
-    for _ in range(20):
+    for _ in range(iterations):
         rates.append(optimizer.param_groups[0]["lr"])
         optimizer.step()
         schedule.step()
+    rates.append(optimizer.param_groups[0]["lr"])
+    return rates
+
+
+@pytest.mark.parametrize("decay", ["poly", "cosine"])
+def test_warmup_decay_lr_ramps_up_then_decays_to_zero(decay):
+    param = torch.nn.Parameter(torch.zeros(1))
+    rates = learning_rates(warmup_decay_lr(torch.optim.Adam([param], lr=1e-3), 20, warmup_iters=5, decay=decay), 20)
     assert rates[0] == pytest.approx(4e-5)
     assert rates[:6] == sorted(rates[:6]) and rates[5] == pytest.approx(1e-3)
-    assert rates[5:] == sorted(rates[5:], reverse=True) and optimizer.param_groups[0]["lr"] == pytest.approx(0.0)
-    official = warmup_poly_lr(torch.optim.Adam([param], lr=1e-3), total_iters=20)
+    assert rates[5:] == sorted(rates[5:], reverse=True) and rates[-1] == pytest.approx(0.0, abs=1e-12)
+    halfway = rates[5 + 15 // 2 + 1]  # 8 of the 15 decay iterations done
+    expected = (1 - 8 / 15) ** 0.9 if decay == "poly" else 0.5 * (1 + math.cos(math.pi * 8 / 15))
+    assert halfway == pytest.approx(1e-3 * expected)
+
+
+def test_warmup_decay_lr_official_short_and_invalid():
+    param = torch.nn.Parameter(torch.zeros(1))
+    official = warmup_decay_lr(torch.optim.Adam([param], lr=1e-3), total_iters=20)
     assert isinstance(official, torch.optim.lr_scheduler.PolynomialLR)
-    short = warmup_poly_lr(torch.optim.Adam([param], lr=1e-3), total_iters=4, warmup_iters=10)
+    short = warmup_decay_lr(torch.optim.Adam([param], lr=1e-3), total_iters=4, warmup_iters=10)
     assert isinstance(short, torch.optim.lr_scheduler.SequentialLR) and short._milestones == [2]
-    assert isinstance(warmup_poly_lr(torch.optim.Adam([param], lr=1e-3), total_iters=1, warmup_iters=4), torch.optim.lr_scheduler.PolynomialLR)
+    assert isinstance(warmup_decay_lr(torch.optim.Adam([param], lr=1e-3), total_iters=1, warmup_iters=4), torch.optim.lr_scheduler.PolynomialLR)
     with pytest.raises(ValueError, match="warmup_iters >= 0"):
-        warmup_poly_lr(optimizer, total_iters=5, warmup_iters=-1)
+        warmup_decay_lr(torch.optim.Adam([param], lr=1e-3), total_iters=5, warmup_iters=-1)
+    with pytest.raises(ValueError, match="unknown learning-rate decay 'step'"):
+        warmup_decay_lr(torch.optim.Adam([param], lr=1e-3), total_iters=5, decay="step")

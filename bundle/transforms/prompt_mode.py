@@ -143,13 +143,14 @@ class RandPromptModed(PromptModed, RandomizableTransform):
     A sample without a mask (a classification dataset without masks) is always ``whole``.
 
     Args:
-        probabilities: task -> {mode: probability}; defaults to ``MODE_PROBABILITIES``.
+        probabilities: task -> {mode: probability}; a task left out keeps its official table
+            from ``MODE_PROBABILITIES``.
     """
 
     def __init__(self, probabilities: Mapping[str, Mapping[str, float]] | None = None, **keys: str) -> None:
         PromptModed.__init__(self, WHOLE, keep_without_mask=False, **keys)
         RandomizableTransform.__init__(self, prob=1.0)
-        self.probabilities = {task: dict(p) for task, p in (probabilities or MODE_PROBABILITIES).items()}
+        self.probabilities = {task: dict(p) for task, p in {**MODE_PROBABILITIES, **(probabilities or {})}.items()}
         for task, table in self.probabilities.items():
             if set(table) - set(MODES) or abs(sum(table.values()) - 1.0) > 1e-6:
                 raise ValueError(f"mode probabilities of '{task}' must be over {list(MODES)} and sum to 1: {table}")
