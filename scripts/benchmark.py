@@ -3,7 +3,10 @@
 One invocation measures every (path, workload) pair, each in a fresh subprocess so that its peak
 RSS is its own, and prints one table with the ratios to the reference path (issue 9):
 
-- paths: ``reference`` (``attention_impl="reference"``, the official order of operations),
+- paths: ``official`` (the official PerceptGuide network code itself, run from a checkout or git
+  directory given by ``--official-repo``, with the same weights; see ``official_network.py``;
+  with it the table also gives the ratios to ``official``),
+  ``reference`` (``attention_impl="reference"``, the official order of operations),
   ``fast`` (fp32), ``bf16`` (``fast`` under ``torch.autocast(bfloat16)`` as ``PromptInferer``
   applies it; only where the CPU has native bf16, or with ``--force-bf16``), ``compiled`` (``torch.compile`` of ``fast``, with ``--compile``),
   ``checkpoint`` (``fast`` with activation checkpointing, training only), and MONAI's
@@ -17,13 +20,14 @@ pooled over ``--rounds`` sweeps), images/s, peak RSS of the subprocess. No GPU i
 Usage::
 
     python scripts/benchmark.py [--repeats 5] [--rounds 1] [--threads 2] [--compile] \\
-        [--json results.json] [--plot docs/performance.png]
+        [--official-repo ../PerceptGuide] [--json results.json] [--plot docs/performance.png]
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import json
 import os
 import platform
@@ -76,12 +80,28 @@ class Variant:
     bf16: bool = False
 
 
+def paper_size(train: bool) -> dict:
+    """PerceptGuide options shared by every path: embed 96, the paper's drop path when training."""
+    return {"embed_dim": EMBED_DIM, "drop_path_rate": TRAIN_DROP_PATH if train else 0.0}
+
+
 def perceptguide(train: bool, **options) -> nn.Module:
     """The paper-size network (embed 96) with ``options``, seeded so every path has the same weights."""
     from bundle.networks import PerceptGuide
 
     torch.manual_seed(0)
-    return PerceptGuide(embed_dim=EMBED_DIM, drop_path_rate=TRAIN_DROP_PATH if train else 0.0, **options)
+    return PerceptGuide(**paper_size(train), **options)
+
+
+def official(repo: str, train: bool) -> nn.Module:
+    """The official network code of ``repo`` holding the weights of :func:`perceptguide`.
+
+    Our network is built only for its state dict, whose tensors the official model then takes
+    over (no copy), so the worker's peak RSS is that of one model as on the other paths.
+    """
+    from official_network import build_official
+
+    return build_official(repo, perceptguide(train).state_dict(), **paper_size(train))
 
 
 def swin_unetr(feature_size: int) -> nn.Module:
@@ -92,6 +112,7 @@ def swin_unetr(feature_size: int) -> nn.Module:
     return SwinUNETR(in_channels=3, out_channels=2, feature_size=feature_size, spatial_dims=2)
 
 
+OFFICIAL = "official"  # the path of --official-repo, not in PATHS: it needs the official code
 PATHS = {
     "reference": Variant(lambda train: perceptguide(train, attention_impl="reference")),
     "fast": Variant(lambda train: perceptguide(train)),
@@ -101,6 +122,13 @@ PATHS = {
     "SwinUNETR-24": Variant(lambda train: swin_unetr(24), prompted=False),
     "SwinUNETR-48": Variant(lambda train: swin_unetr(48), prompted=False),
 }
+
+
+def variants(official_repo: str | None) -> dict[str, Variant]:
+    """:data:`PATHS`, led by the official path when its code is given."""
+    if official_repo is None:
+        return PATHS
+    return {OFFICIAL: Variant(functools.partial(official, official_repo)), **PATHS}
 
 
 @dataclass
@@ -202,10 +230,10 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def worker(path: str, workload: str, repeats: int, warmup: int, threads: int) -> None:
+def worker(path: str, workload: str, repeats: int, warmup: int, threads: int, official_repo: str | None = None) -> None:
     """Measure one pair in this (fresh) process and print it as one JSON line."""
     torch.set_num_threads(threads)
-    spec = PATHS[path]
+    spec = variants(official_repo)[path]
     model = spec.build(WORKLOADS[workload].train)
     times = measure(model, WORKLOADS[workload], spec.prompted, repeats, warmup, spec.compiled, spec.bf16)
     print(json.dumps({"times": times, "peak_rss_mb": peak_rss_mb()}))
@@ -215,6 +243,8 @@ def run_worker(path: str, workload: str, args: argparse.Namespace) -> Measuremen
     """Run :func:`worker` in a subprocess; a failure becomes a note in the table."""
     command = [sys.executable, __file__, "--worker", path, workload]
     command += ["--repeats", str(args.repeats), "--warmup", str(args.warmup), "--threads", str(args.threads)]
+    if args.official_repo:
+        command += ["--official-repo", args.official_repo]
     result = subprocess.run(command, capture_output=True, text=True, env=os.environ | worker_env(args))
     measurement = Measurement(path, workload)
     if result.returncode != 0:
@@ -262,25 +292,37 @@ def machine() -> dict[str, str]:
 
 
 def table(measurements: list[Measurement], notes: dict[str, str]) -> str:
-    """Markdown table: one row per (path, workload), ratios to the reference on the same workload."""
-    reference = {m.workload: m for m in measurements if m.path == "reference" and m.times}
+    """Markdown table: one row per (path, workload), ratios to the reference on the same workload.
+
+    When the official path was measured, two more columns give the ratios to it (the reference
+    path already shares this bundle's other optimisations; the official code shares none).
+    """
+    baselines = ["reference"] + ([OFFICIAL] if any(m.path == OFFICIAL and m.times for m in measurements) else [])
+    base_of = {(m.path, m.workload): m for m in measurements if m.path in baselines and m.times}
+    ratio_columns = [f"{what} vs {base}" for base in baselines for what in ("speed", "RSS")]
+    empty = " |" * len(ratio_columns)
     lines = [
-        "| path | workload | median s | images/s | peak RSS MB | speed vs reference | RSS vs reference |",
-        "|---|---|---:|---:|---:|---:|---:|",
+        "| path | workload | median s | images/s | peak RSS MB | " + " | ".join(ratio_columns) + " |",
+        "|---|---|---:|---:|---:|" + "---:|" * len(ratio_columns),
     ]
     for m in measurements:
         if not m.times:
-            lines.append(f"| {m.path} | {m.workload} | {m.note} | | | | |")
+            lines.append(f"| {m.path} | {m.workload} | {m.note} | | |{empty}")
             continue
-        base = reference.get(m.workload)
-        speed = f"{base.median / m.median:.2f}×" if base else ""
-        rss = f"{m.peak_rss_mb / base.peak_rss_mb:.2f}×" if base else ""
+        ratios = []
+        for base in (base_of.get((name, m.workload)) for name in baselines):
+            if base is None:
+                ratios += ["", ""]
+                continue
+            ratios += [f"{base.median / m.median:.2f}×", f"{m.peak_rss_mb / base.peak_rss_mb:.2f}×"]
         lines.append(
-            f"| {m.path} | {m.workload} | {m.median:.3f} | {m.images_per_s:.2f} | {m.peak_rss_mb:.0f} | {speed} | {rss} |"
+            f"| {m.path} | {m.workload} | {m.median:.3f} | {m.images_per_s:.2f} | {m.peak_rss_mb:.0f} | "
+            + " | ".join(ratios)
+            + " |"
         )
     for path, note in notes.items():
         if note:
-            lines.append(f"| {path} | all | {note} | | | | |")
+            lines.append(f"| {path} | all | {note} | | |{empty}")
     return "\n".join(lines)
 
 
@@ -311,7 +353,9 @@ def plot(measurements: list[Measurement], path: Path, title: str) -> None:
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--paths", nargs="+", default=list(PATHS), choices=list(PATHS))
+    parser.add_argument(
+        "--paths", nargs="+", choices=[OFFICIAL, *PATHS], help="default: all (official only with --official-repo)"
+    )
     parser.add_argument("--workloads", nargs="+", default=list(WORKLOADS), choices=list(WORKLOADS))
     parser.add_argument("--repeats", type=int, default=5, help="timed calls per pair and round")
     parser.add_argument("--warmup", type=int, default=1, help="untimed calls first")
@@ -323,24 +367,47 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--omp-passive", action="store_true", help="OMP_WAIT_POLICY=PASSIVE in every worker (robust on a busy machine)"
     )
+    parser.add_argument(
+        "--official-repo",
+        metavar="PATH",
+        help="a PerceptGuide checkout or git directory (e.g. a mirror): adds the official path, its code run "
+        "with stand-ins for timm and the dataset module (einops: the real one if installed, `pip install einops`)",
+    )
     parser.add_argument("--json", type=Path, help="write the measurements here")
     parser.add_argument("--plot", type=Path, help="write a PNG bar chart of images/s here (needs matplotlib)")
     parser.add_argument("--worker", nargs=2, metavar=("PATH", "WORKLOAD"), help=argparse.SUPPRESS)
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if args.paths is None:
+        args.paths = list(variants(args.official_repo))
+    if OFFICIAL in args.paths and not args.official_repo:
+        parser.error(f"path '{OFFICIAL}' needs --official-repo (a PerceptGuide checkout or git directory)")
+    if args.official_repo:
+        args.official_repo = str(Path(args.official_repo).expanduser().resolve())  # workers and records alike
+    return args
 
 
 def main(argv: Sequence[str] | None = None) -> None:
     args = parse_args(argv)
     if args.worker:
-        worker(*args.worker, args.repeats, args.warmup, args.threads)
+        worker(*args.worker, args.repeats, args.warmup, args.threads, args.official_repo)
         return
     info = machine()
     info["environment"] = " ".join(f"{key}={value}" for key, value in worker_env(args).items())
+    if args.official_repo:
+        from official_network import load_official
+
+        # here rather than in every worker first: a wrong path or vocabulary stops the run at once
+        try:
+            code = load_official(args.official_repo)
+        except (FileNotFoundError, ValueError) as err:
+            sys.exit(f"error: {err}")
+        info["official"] = f"{code.source}, {code.einops}"
     for key, value in info.items():
         print(f"{key}: {value}")
     notes = selected_paths(args)
     # workload-major: the paths compared on one workload run back to back, under the same load
-    pairs = [(p, w) for w in args.workloads for p in notes if not notes[p] and w in PATHS[p].workloads]
+    specs = variants(args.official_repo)
+    pairs = [(p, w) for w in args.workloads for p in notes if not notes[p] and w in specs[p].workloads]
     pooled = {pair: Measurement(*pair) for pair in pairs}
     for round_index in range(args.rounds):
         for pair in pairs:

@@ -10,7 +10,13 @@ from pathlib import Path
 import torch
 from torch import nn
 
-__all__ = ["convert_official_state_dict", "load_swin_imagenet", "load_weights", "SwinImageNetReport"]
+__all__ = [
+    "convert_official_state_dict",
+    "to_official_state_dict",
+    "load_swin_imagenet",
+    "load_weights",
+    "SwinImageNetReport",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -91,6 +97,51 @@ def convert_official_state_dict(
     if model is not None:
         check_state_dict(model, converted, source="official PerceptGuide checkpoint")
     return converted
+
+
+def to_official_state_dict(
+    state_dict: Mapping[str, torch.Tensor], template: Mapping[str, torch.Tensor]
+) -> dict[str, torch.Tensor]:
+    """Inverse of :func:`convert_official_state_dict`: our tensors under the official keys.
+
+    The official keys come from ``template``, the state dict of an official model (its tensors may
+    be on the meta device): each is mapped with the same rules as the forward conversion, so the
+    two cannot drift apart. The official buffers this network does not keep (relative position
+    indices, shift masks) are taken from ``template``; hyper vectors are reshaped back
+    (heads, d) -> (1, heads, d, 1). Tensors are not copied.
+
+    Raises:
+        ValueError: listing official keys with no tensor here, tensors here no official key takes,
+            and shape mismatches (e.g. a network of another size).
+    """
+    official: dict[str, torch.Tensor] = {}
+    taken: set[str] = set()
+    missing, mismatched = [], []
+    for key, reference in template.items():
+        bare = re.sub(r"^(module\.)?(swin\.)?", "", key)
+        if _OFFICIAL_BUFFERS.search(bare):
+            official[key] = reference
+            continue
+        ours = _rename(bare)
+        if ours not in state_dict or ours in taken:
+            missing.append(key)
+            continue
+        value = state_dict[ours]
+        reshape = ".attn.hyper." in ours and value.numel() == reference.numel()
+        if value.shape != reference.shape and not reshape:
+            mismatched.append(f"{key}: ours {tuple(value.shape)} vs official {tuple(reference.shape)}")
+            taken.add(ours)  # listed once, as a mismatch
+            continue
+        official[key] = value.reshape(reference.shape)
+        taken.add(ours)
+    unexpected = sorted(set(state_dict) - taken)
+    if missing or unexpected or mismatched:
+        lines = ["state dict does not fit the official model:"]
+        for title, items in (("no tensor for", missing), ("unused", unexpected), ("shape mismatch", mismatched)):
+            if items:
+                lines.append(f"  {title} ({len(items)}): " + ", ".join(items[:20]) + (" ..." if len(items) > 20 else ""))
+        raise ValueError("\n".join(lines))
+    return official
 
 
 def check_state_dict(model: nn.Module, state_dict: Mapping[str, torch.Tensor], source: str) -> None:
