@@ -55,6 +55,22 @@ def test_task_masked_loss_matches_the_official_dice_formula():
     torch.testing.assert_close(TaskMaskedLoss(cls_weight=0.0)((seg, torch.zeros(2, 2)), target), 0.4 * ce + 0.6 * dice)
 
 
+def test_task_masked_loss_plain_dice_is_per_image_with_plain_denominators():
+    """official_dice=False: per image and class 1 - (2·Σ p·t + 1e-5) / (Σ p + Σ t + 1e-5), averaged."""
+    torch.manual_seed(2)
+    seg = torch.randn(2, 2, 8, 8)
+    label = (torch.rand(2, 1, 8, 8) > 0.7).long()
+    target = {"label": label, "cls_label": torch.zeros(2, dtype=torch.long), "task_id": torch.zeros(2, dtype=torch.long)}
+    probs = torch.softmax(seg, 1)
+    onehot = torch.cat([label == 0, label == 1], 1).float()
+    overlap, sizes = (probs * onehot).sum((2, 3)), probs.sum((2, 3)) + onehot.sum((2, 3))
+    dice = (1 - (2 * overlap + 1e-5) / (sizes + 1e-5)).mean()
+    ce = torch.nn.functional.cross_entropy(seg, label[:, 0])
+    plain = TaskMaskedLoss(cls_weight=0.0, official_dice=False)((seg, torch.zeros(2, 2)), target)
+    torch.testing.assert_close(plain, 0.4 * ce + 0.6 * dice)
+    assert abs(float(plain - TaskMaskedLoss(cls_weight=0.0)((seg, torch.zeros(2, 2)), target))) > 1e-3
+
+
 def test_metrics_report_per_dataset_dice_excluding_empty_truth_and_cls_auc():
     metric = MultiTaskMetrics()
     target = mixed_batch_targets()
