@@ -26,6 +26,18 @@ def require_shared(relative: str) -> Path:
     return path
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """One intra-op thread for a module of small-tensor tests: on 2 cores a second thread mostly
+    waits at barriers, and per-sample transforms run on one thread in data workers anyway."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="session")
 def repo_root() -> Path:
     return REPO_ROOT

@@ -28,13 +28,7 @@ OFFICIAL_REPO = Path(os.environ.get("PERCEPTGUIDE_OFFICIAL_REPO", "/work/.mirror
 TOLERANCE = 1e-4
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Small tensors: on a shared 2-core machine a second thread mostly waits at barriers."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -18,13 +18,7 @@ from bundle.prompts import PROMPT_KEYS
 BF16_MASK_AGREEMENT = 0.995
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """These tensors are small: on a shared 2-core machine a second thread mostly waits at barriers."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def golden_prompts(golden: dict) -> dict[str, torch.Tensor]:

@@ -26,13 +26,7 @@ DEMO = Path(__file__).resolve().parents[1] / "data" / "demo"
 SIZE = 64
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Per-sample transforms run on one thread in data workers; more only contend on 2 cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

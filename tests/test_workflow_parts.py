@@ -42,14 +42,18 @@ def test_task_masked_loss_applies_each_term_to_its_own_samples_only():
     torch.testing.assert_close(TaskMaskedLoss()((seg_noise, cls_noise), target), expected_seg + expected_cls)
 
 
+def two_segmentation_samples(seed: int, foreground_above: float) -> tuple:
+    """Random seg logits (2, 2, 8, 8), binary labels (2, 1, 8, 8), their target dict, softmax and one-hot."""
+    torch.manual_seed(seed)
+    seg = torch.randn(2, 2, 8, 8)
+    label = (torch.rand(2, 1, 8, 8) > foreground_above).long()
+    target = {"label": label, "cls_label": torch.zeros(2, dtype=torch.long), "task_id": torch.zeros(2, dtype=torch.long)}
+    return seg, label, target, torch.softmax(seg, 1), torch.cat([label == 0, label == 1], 1).float()
+
+
 def test_task_masked_loss_matches_the_official_dice_formula():
     """Official DiceLoss: per class 1 - (2·Σ p·t + 1e-5) / (Σ p² + Σ t² + 1e-5), averaged over classes."""
-    torch.manual_seed(1)
-    seg = torch.randn(2, 2, 8, 8)
-    label = (torch.rand(2, 1, 8, 8) > 0.5).long()
-    target = {"label": label, "cls_label": torch.zeros(2, dtype=torch.long), "task_id": torch.zeros(2, dtype=torch.long)}
-    probs = torch.softmax(seg, 1)
-    onehot = torch.cat([label == 0, label == 1], 1).float()
+    seg, label, target, probs, onehot = two_segmentation_samples(seed=1, foreground_above=0.5)
     dice = sum(1 - (2 * (probs[:, c] * onehot[:, c]).sum() + 1e-5) / ((probs[:, c] ** 2).sum() + onehot[:, c].sum() + 1e-5) for c in range(2)) / 2
     ce = torch.nn.functional.cross_entropy(seg, label[:, 0])
     torch.testing.assert_close(TaskMaskedLoss(cls_weight=0.0)((seg, torch.zeros(2, 2)), target), 0.4 * ce + 0.6 * dice)
@@ -57,12 +61,7 @@ def test_task_masked_loss_matches_the_official_dice_formula():
 
 def test_task_masked_loss_plain_dice_is_per_image_with_plain_denominators():
     """official_dice=False: per image and class 1 - (2·Σ p·t + 1e-5) / (Σ p + Σ t + 1e-5), averaged."""
-    torch.manual_seed(2)
-    seg = torch.randn(2, 2, 8, 8)
-    label = (torch.rand(2, 1, 8, 8) > 0.7).long()
-    target = {"label": label, "cls_label": torch.zeros(2, dtype=torch.long), "task_id": torch.zeros(2, dtype=torch.long)}
-    probs = torch.softmax(seg, 1)
-    onehot = torch.cat([label == 0, label == 1], 1).float()
+    seg, label, target, probs, onehot = two_segmentation_samples(seed=2, foreground_above=0.7)
     overlap, sizes = (probs * onehot).sum((2, 3)), probs.sum((2, 3)) + onehot.sum((2, 3))
     dice = (1 - (2 * overlap + 1e-5) / (sizes + 1e-5)).mean()
     ce = torch.nn.functional.cross_entropy(seg, label[:, 0])
