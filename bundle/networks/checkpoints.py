@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import torch
@@ -57,6 +57,20 @@ _LEAF_RULES: tuple[tuple[re.Pattern, str], ...] = tuple(
 )
 
 
+def _bare(key: str) -> str:
+    """An official key without the ``module.`` (DDP) and ``swin.`` (``OmniVisionTransformer``) prefixes."""
+    return re.sub(r"^(module\.)?(swin\.)?", "", key)
+
+
+def _fit_error(header: str, groups: Sequence[tuple[str, Sequence[str]]]) -> ValueError:
+    """A ValueError under ``header`` listing each non-empty (title, keys) group, 20 keys at most."""
+    lines = [header]
+    for title, items in groups:
+        if items:
+            lines.append(f"  {title} ({len(items)}): " + ", ".join(items[:20]) + (" ..." if len(items) > 20 else ""))
+    return ValueError("\n".join(lines))
+
+
 def _rename(key: str) -> str:
     for pattern, replacement in _PREFIX_RULES:
         renamed, count = pattern.subn(replacement, key)
@@ -87,7 +101,7 @@ def convert_official_state_dict(
     """
     converted: dict[str, torch.Tensor] = {}
     for key, value in state_dict.items():
-        key = re.sub(r"^(module\.)?(swin\.)?", "", key)
+        key = _bare(key)
         if _OFFICIAL_BUFFERS.search(key):
             continue
         new_key = _rename(key)
@@ -118,7 +132,7 @@ def to_official_state_dict(
     taken: set[str] = set()
     missing, mismatched = [], []
     for key, reference in template.items():
-        bare = re.sub(r"^(module\.)?(swin\.)?", "", key)
+        bare = _bare(key)
         if _OFFICIAL_BUFFERS.search(bare):
             official[key] = reference
             continue
@@ -136,11 +150,8 @@ def to_official_state_dict(
         taken.add(ours)
     unexpected = sorted(set(state_dict) - taken)
     if missing or unexpected or mismatched:
-        lines = ["state dict does not fit the official model:"]
-        for title, items in (("no tensor for", missing), ("unused", unexpected), ("shape mismatch", mismatched)):
-            if items:
-                lines.append(f"  {title} ({len(items)}): " + ", ".join(items[:20]) + (" ..." if len(items) > 20 else ""))
-        raise ValueError("\n".join(lines))
+        groups = (("no tensor for", missing), ("unused", unexpected), ("shape mismatch", mismatched))
+        raise _fit_error("state dict does not fit the official model:", groups)
     return official
 
 
@@ -155,11 +166,8 @@ def check_state_dict(model: nn.Module, state_dict: Mapping[str, torch.Tensor], s
         if state_dict[key].shape != expected[key].shape
     ]
     if missing or unexpected or mismatched:
-        lines = [f"{source} does not fit {type(model).__name__}:"]
-        for title, items in (("missing", missing), ("unexpected", unexpected), ("shape mismatch", mismatched)):
-            if items:
-                lines.append(f"  {title} ({len(items)}): " + ", ".join(items[:20]) + (" ..." if len(items) > 20 else ""))
-        raise ValueError("\n".join(lines))
+        groups = (("missing", missing), ("unexpected", unexpected), ("shape mismatch", mismatched))
+        raise _fit_error(f"{source} does not fit {type(model).__name__}:", groups)
 
 
 class SwinImageNetReport(dict):
