@@ -54,6 +54,17 @@ def test_pretrain_writes_best_and_resumable_checkpoints_and_tensorboard_events(p
     assert {"model", "optimizer", "lr_scheduler", "trainer"} <= set(resumable)
 
 
+def test_pretrain_with_the_cpu_setting_runs_its_recipe(workdir, datalist):
+    """configs/cpu.yaml (the demo's recipe: cosine decay, plain Dice, whole-heavy input modes) runs
+    through ``monai.bundle run``; tiny_model.yaml on top keeps it small."""
+    ckpt_dir = workdir / "cpu_models"
+    run_bundle("pretrain", "cpu", overrides={"datalist": datalist, "ckpt_dir": ckpt_dir, "output_dir": workdir / "cpu_runs"})
+    resumable = torch.load(ckpt_dir / "checkpoint_1.pt", weights_only=False)
+    iterations = resumable["trainer"]["epoch_length"]
+    assert resumable["lr_scheduler"]["T_max"] == iterations  # cosine over the whole (1-epoch) run
+    assert (ckpt_dir / "model.pt").is_file()
+
+
 def test_evaluate_writes_metric_tables_and_overlays(pretrained, workdir, datalist):
     eval_dir = workdir / "eval"
     run_bundle("evaluate", overrides={"datalist": datalist, "ckpt_path": pretrained, "eval_dir": eval_dir})
