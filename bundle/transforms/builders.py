@@ -42,9 +42,14 @@ def train_transforms(
 ) -> Compose:
     """Training chain (official recipe).
 
-    load -> random input mode (local crop / location mark, official probabilities) -> shorter
-    side to ``image_size`` -> one of flip / rotate +-20 deg / zoom 0.8-1.2 (official cascade) ->
-    centre crop -> targets and one-hot prompts. Outputs plain tensors (no MONAI metadata).
+    load -> plain tensors -> random input mode (local crop / location mark, official
+    probabilities) -> shorter side to ``image_size`` -> one of flip / rotate +-20 deg / zoom
+    0.8-1.2 (official cascade) -> centre crop -> targets and one-hot prompts.
+
+    The decoded images leave MONAI's metadata tracking before the first random transform:
+    nothing inverts a training sample, and the tracking cost a third of the random part (11.9 vs
+    7.6 ms per sample at 96², 1.1 s of a 6 s CPU epoch). The samples' prompt names are
+    checked with their file names beforehand, by ``verify_samples``.
 
     Args:
         image_size: output side S.
@@ -56,6 +61,7 @@ def train_transforms(
     return Compose(
         load_transforms(registry)
         + [
+            EnsureTyped(("image", "label", "mask"), track_meta=False, allow_missing_keys=True),
             RandPromptModed(mode_probabilities),
             ShortSideResized(SPATIAL_KEYS, image_size),
             official_augmentation(SPATIAL_KEYS),
