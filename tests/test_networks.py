@@ -191,6 +191,29 @@ def test_invalid_configuration_is_rejected():
         PerceptGuide(embed_dim=10)
     with pytest.raises(ValueError, match="attention_impl"):
         PerceptGuide(**TINY, attention_impl="flash")
+    with pytest.raises(ValueError, match="prompt_init"):
+        PerceptGuide(**TINY, prompt_init="zeros")
+
+
+def test_unit_prompt_init_lets_the_prompts_reach_the_untrained_outputs():
+    image = torch.rand(1, 3, 128, 128)
+    both = batch_prompts([dict(PROMPT_NAMES[0], position=organ) for organ in ("breast", "thyroid")])
+    breast, thyroid = ({key: value[i : i + 1] for key, value in both.items()} for i in (0, 1))
+    prompt_effect = {}
+    for init in ("official", "unit"):
+        torch.manual_seed(0)
+        net = PerceptGuide(**TINY, prompt_init=init).eval()
+        hyper = [p for n, p in net.named_parameters() if ".attn.hyper." in n]
+        biases = [p for n, p in net.named_parameters() if ".prompt_proj." in n and n.endswith(".bias")]
+        if init == "unit":
+            assert all(bool((p == 1).all()) for p in hyper + biases)
+        else:
+            assert all(bool(((p >= 0) & (p < 1)).all()) for p in hyper) and all(not p.any() for p in biases)
+        with torch.no_grad():
+            prompt_effect[init] = (net(image, breast)[0] - net(image, thyroid)[0]).abs().max().item()
+    assert prompt_effect["unit"] > 100 * prompt_effect["official"]
+    # the same parameters either way: checkpoints load across inits
+    assert PerceptGuide(**TINY).load_state_dict(net.state_dict()) is not None
 
 
 def test_converter_lists_missing_and_unexpected_keys(golden):

