@@ -181,3 +181,17 @@ def test_unknown_prompt_name_in_a_sample_names_the_image(samples):
     with pytest.raises(RuntimeError) as info:
         chain({"image": image, "organ": "spleen"})
     assert "unknown position prompt 'spleen'" in str(info.value.__cause__) and image in str(info.value.__cause__)
+
+
+def test_gain_contrast_option_changes_image_brightness_but_not_labels(registry, samples):
+    source = samples[("segmentation", "TG3K")]
+    official, augmented = train_transforms(SIZE, registry), train_transforms(SIZE, registry, gain_contrast=True)
+    means = []
+    for seed in range(12):
+        official.set_random_state(seed=seed)
+        augmented.set_random_state(seed=seed)
+        plain, varied = official(source), augmented(source)
+        assert torch.equal(plain["label"], varied["label"])  # same geometry draws; labels untouched
+        assert 0.0 <= float(varied["image"].min()) and float(varied["image"].max()) <= 1.0
+        means.append(float(varied["image"].mean() / plain["image"].mean()))
+    assert min(means) < 0.95 and max(means) > 1.05

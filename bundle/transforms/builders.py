@@ -22,6 +22,7 @@ from monai.transforms import CenterSpatialCropd, Compose, EnsureTyped, Lambdad, 
 from bundle.data.registry import DatasetRegistry, as_registry
 from bundle.prompts import DEFAULT_VOCABULARY, PromptVocabulary
 from bundle.transforms.geometry import ShortSideResized, official_augmentation, resize_to_square
+from bundle.transforms.intensity import gain_contrast_augmentation
 from bundle.transforms.io import LoadUltrasoundd, channels_to_rgb
 from bundle.transforms.masks import MaskToIndicesd
 from bundle.transforms.prompt_mode import WHOLE, PromptModed, RandPromptModed
@@ -39,6 +40,7 @@ def train_transforms(
     image_size: int,
     registry: DatasetRegistry | str | Path,
     mode_probabilities: Mapping[str, Mapping[str, float]] | None = None,
+    gain_contrast: bool = False,
 ) -> Compose:
     """Training chain (official recipe).
 
@@ -56,8 +58,11 @@ def train_transforms(
         registry: dataset declarations (mask values, prompt vocabulary).
         mode_probabilities: task -> {input mode: probability}; None for the official
             ``MODE_PROBABILITIES``.
+        gain_contrast: add random gamma and gain after the geometry
+            (``gain_contrast_augmentation``); False is the official recipe.
     """
     registry = as_registry(registry)
+    intensity = [gain_contrast_augmentation("image")] if gain_contrast else []
     return Compose(
         load_transforms(registry)
         + [
@@ -66,6 +71,9 @@ def train_transforms(
             ShortSideResized(SPATIAL_KEYS, image_size),
             official_augmentation(SPATIAL_KEYS),
             CenterSpatialCropd(SPATIAL_KEYS, (image_size, image_size), allow_missing_keys=True),
+        ]
+        + intensity
+        + [
             Lambdad("image", channels_to_rgb),
             TaskTargetsd(),
             EncodePromptsd(registry.vocabulary),
