@@ -15,6 +15,7 @@ from bundle.transforms.geometry import (
     official_augmentation,
     resize_to_square,
 )
+from bundle.transforms.intensity import gain_contrast_augmentation
 from bundle.transforms.io import LoadImage2D, LoadUltrasoundd, channels_to_rgb, reader_for, to_unit_range
 from bundle.transforms.masks import MaskToIndicesd
 from bundle.transforms.prompt_mode import (
@@ -44,6 +45,7 @@ __all__ = [
     "ShortSideResized",
     "TaskTargetsd",
     "channels_to_rgb",
+    "gain_contrast_augmentation",
     "inference_transforms",
     "load_transforms",
     "local_square",
