@@ -55,8 +55,8 @@ def test_pretrain_writes_best_and_resumable_checkpoints_and_tensorboard_events(p
 
 
 def test_pretrain_with_the_cpu_setting_runs_its_recipe(workdir, datalist):
-    """configs/cpu.yaml (the demo's recipe: cosine decay, plain Dice, whole-heavy input modes, unit prompt init) runs
-    through ``monai.bundle run``; tiny_model.yaml on top keeps it small."""
+    """configs/cpu.yaml (the demo's recipe: cosine decay, plain Dice, whole-heavy input modes, unit
+    prompt init) runs through ``monai.bundle run``; tiny_model.yaml on top keeps it small."""
     ckpt_dir = workdir / "cpu_models"
     run_bundle("pretrain", "cpu", overrides={"datalist": datalist, "ckpt_dir": ckpt_dir, "output_dir": workdir / "cpu_runs"})
     resumable = torch.load(ckpt_dir / "checkpoint_1.pt", weights_only=False)
