@@ -28,6 +28,7 @@ def gain_contrast_augmentation(
         [
             RandAdjustContrastd(keys, prob=prob, gamma=gamma),
             RandScaleIntensityd(keys, factors=gain, prob=prob),
+            # an identity range with clip=True: a clamp to [0, 1] that loader workers can pickle
             ScaleIntensityRanged(keys, a_min=0.0, a_max=1.0, b_min=0.0, b_max=1.0, clip=True),
         ]
     )
