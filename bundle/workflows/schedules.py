@@ -26,8 +26,8 @@ def warmup_decay_lr(
 
     ``decay="poly"`` is the official ``(1 - t)^power`` (power 0.9); ``"cosine"`` is half a cosine.
     The warm-up ramps from ``warmup_start`` × lr to lr over ``warmup_iters``. ``warmup_iters=0``
-    with ``"poly"`` is the official schedule. A warm-up as
-    long as the whole run (a short fine-tuning with the CPU setting's warm-up) is cut to half the run.
+    with ``"poly"`` is the official schedule. A warm-up as long as the whole run (a short
+    fine-tuning with the CPU setting's warm-up) is cut to half the run.
     """
     if decay not in DECAYS:
         raise ValueError(f"unknown learning-rate decay {decay!r}; expected one of {DECAYS}")
