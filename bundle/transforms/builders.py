@@ -50,8 +50,9 @@ def train_transforms(
 
     The decoded images leave MONAI's metadata tracking before the first random transform:
     nothing inverts a training sample, and the tracking cost a third of the random part (11.9 vs
-    7.6 ms per sample at 96², 1.1 s of a 6 s CPU epoch). The samples' prompt names are
-    checked with their file names beforehand, by ``verify_samples``.
+    7.6 ms per sample at 96², 1.1 s of a 6 s CPU epoch). Errors that name the file come before
+    that point (loading, mask checks), and training prompt names come from the registry, checked
+    when it loads, so no later step needs the file name.
 
     Args:
         image_size: output side S.
