@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from bundle.networks import PerceptGuide, convert_official_state_dict, load_swin_imagenet
+from bundle.networks import PerceptGuide, convert_official_state_dict, load_swin_imagenet, load_weights
 from bundle.networks.wrappers import PromptedSegmenter
 from bundle.prompts import DEFAULT_VOCABULARY, PROMPT_KEYS
 
@@ -193,6 +193,35 @@ def test_invalid_configuration_is_rejected():
         PerceptGuide(**TINY, attention_impl="flash")
     with pytest.raises(ValueError, match="prompt_init"):
         PerceptGuide(**TINY, prompt_init="zeros")
+    with pytest.raises(ValueError, match="patch_embed"):
+        PerceptGuide(**TINY, patch_embed="overlapping")
+    with pytest.raises(ValueError, match="seg_head"):
+        PerceptGuide(**TINY, seg_head="upsample")
+    with pytest.raises(ValueError, match="power of 2"):
+        PerceptGuide(**TINY, patch_size=3, patch_embed="conv")
+
+
+@pytest.mark.parametrize("patch_embed, seg_head", [("conv", "linear"), ("linear", "conv"), ("conv", "conv")])
+def test_convolution_options_keep_the_interface(patch_embed, seg_head):
+    net = tiny_net(patch_embed=patch_embed, seg_head=seg_head)
+    prompts = batch_prompts(PROMPT_NAMES[:2])
+    with torch.no_grad():
+        seg, cls = net(torch.rand(2, 3, 100, 130), prompts)
+    assert seg.shape == (2, 2, 100, 130) and cls.shape == (2, 2)
+    # the decoders and the prompts are untouched: only the stem or the last layer change
+    official_keys = set(tiny_net().state_dict())
+    changed = {key.split(".")[0] + "." + key.split(".")[1] for key in official_keys ^ set(net.state_dict())}
+    expected = ({"patch_embed.convs"} if patch_embed == "conv" else set()) | (
+        {"seg_decoder.out"} if seg_head == "conv" else set()
+    )
+    assert changed == expected
+
+
+def test_checkpoint_of_other_stem_is_refused_naming_the_file(tmp_path):
+    path = tmp_path / "conv_stem.pt"
+    torch.save(PerceptGuide(**TINY, patch_embed="conv").state_dict(), path)
+    with pytest.raises(ValueError, match="conv_stem.pt"):
+        load_weights(PerceptGuide(**TINY), path)
 
 
 def test_unit_prompt_init_lets_the_prompts_reach_the_untrained_outputs():
@@ -312,8 +341,9 @@ def test_swin_imagenet_loader_rejects_unrelated_files(tmp_path):
         load_swin_imagenet(PerceptGuide(**TINY), tmp_path / "missing.pth")
 
 
-def test_torchscript_trace_matches_eager():
-    net = tiny_net()
+@pytest.mark.parametrize("options", [{}, {"patch_embed": "conv", "seg_head": "conv"}])
+def test_torchscript_trace_matches_eager(options):
+    net = tiny_net(**options)
     image = torch.rand(2, 3, 128, 128)
     prompts = batch_prompts(PROMPT_NAMES[:2])
     with torch.no_grad():

@@ -14,6 +14,7 @@ from monai.networks.layers import trunc_normal_
 from monai.networks.nets.swin_unetr import PatchMergingV2
 from torch import nn
 
+from bundle.networks.conv_parts import ConvPatchEmbedding, ConvSegmentationHead
 from bundle.networks.swin_blocks import (
     ChannelHalving,
     PatchEmbedding,
@@ -25,6 +26,8 @@ from bundle.networks.swin_blocks import (
 from bundle.prompts import DEFAULT_VOCABULARY, PROMPT_KEYS
 
 PROMPT_INITS = ("official", "unit")
+PATCH_EMBEDDINGS = ("linear", "conv")
+SEG_HEADS = ("linear", "conv")
 
 __all__ = ["PerceptGuide"]
 
@@ -48,6 +51,8 @@ class SegmentationDecoder(nn.Module):
         patch_size: the final expansion factor (back to the input resolution).
         fused_head: apply the 1×1 output convolution before the final depth-to-space (same
             numbers, far less memory traffic); False keeps the official order.
+        image_channels: with a value, the logits come from a :class:`ConvSegmentationHead` over
+            the expanded features and the image (of that many channels) instead of the 1×1 output.
         stage_kwargs: :class:`SwinStage` arguments shared by all stages.
     """
 
@@ -60,6 +65,7 @@ class SegmentationDecoder(nn.Module):
         seg_classes: int,
         patch_size: int,
         fused_head: bool = True,
+        image_channels: int | None = None,
         **stage_kwargs,
     ) -> None:
         super().__init__()
@@ -84,16 +90,25 @@ class SegmentationDecoder(nn.Module):
             )
         self.norm = nn.LayerNorm(embed_dim)
         self.final_expand = PatchExpanding(embed_dim, embed_dim, scale=patch_size)
-        self.out = nn.Conv2d(embed_dim, seg_classes, kernel_size=1, bias=False)
+        self.out: nn.Module
+        if image_channels is None:
+            self.out = nn.Conv2d(embed_dim, seg_classes, kernel_size=1, bias=False)
+        else:
+            self.out = ConvSegmentationHead(embed_dim, image_channels, seg_classes)
 
     def forward(
-        self, bottleneck: torch.Tensor, skips: Sequence[torch.Tensor], prompts: Mapping[str, torch.Tensor] | None
+        self,
+        bottleneck: torch.Tensor,
+        skips: Sequence[torch.Tensor],
+        prompts: Mapping[str, torch.Tensor] | None,
+        image: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """
         Args:
             bottleneck: (B, h, w, 2^(L-1)·C) normalised encoder output.
             skips: encoder stage inputs, finest first: (B, 2^(L-1-i)·h, …, 2^i·C).
             prompts: one-hot prompts {key: (B, n_k)} or None.
+            image: (B, C_in, H, W) network input; needed by the convolution head only.
 
         Returns:
             seg logits (B, seg_classes, patch·2^(L-1)·h, patch·2^(L-1)·w).
@@ -102,6 +117,8 @@ class SegmentationDecoder(nn.Module):
         for fuse, stage, skip in zip(self.fuse, self.stages, reversed(skips[:-1])):
             x = stage(fuse(torch.cat([x, skip], dim=-1)), prompts)
         x = self.norm(x)
+        if isinstance(self.out, ConvSegmentationHead):
+            return self.out(self.final_expand(x).permute(0, 3, 1, 2), image)
         if self.fused_head:
             return self.final_expand.project(x, self.out.weight.flatten(1))
         return self.out(self.final_expand(x).permute(0, 3, 1, 2))
@@ -197,6 +214,12 @@ class PerceptGuide(nn.Module):
             ``"unit"``: projection biases and hyper vectors at 1, so each block starts from
             prompt factors near 1 (fitting 48 demo images, loss 0.10 vs 0.14 after 200 steps).
             Only changes the initial values; checkpoints load either way.
+        patch_embed: ``"linear"`` (official: one strided projection of each patch) or ``"conv"``
+            (:class:`~bundle.networks.conv_parts.ConvPatchEmbedding`, stride-2 3×3 convolutions).
+        seg_head: ``"linear"`` (official: each final token projected to a patch of logits) or
+            ``"conv"`` (:class:`~bundle.networks.conv_parts.ConvSegmentationHead`, a 3×3
+            convolution over the expanded features and the image at full resolution). The conv
+            options are for small networks trained from scratch; official checkpoints need both linear.
 
     Example::
 
@@ -229,10 +252,17 @@ class PerceptGuide(nn.Module):
         official_batch_prompt_bug: bool = False,
         use_checkpoint: bool = False,
         prompt_init: str = "official",
+        patch_embed: str = "linear",
+        seg_head: str = "linear",
     ) -> None:
         super().__init__()
-        if prompt_init not in PROMPT_INITS:
-            raise ValueError(f"prompt_init must be one of {list(PROMPT_INITS)}, got '{prompt_init}'.")
+        for name, value, allowed in (
+            ("prompt_init", prompt_init, PROMPT_INITS),
+            ("patch_embed", patch_embed, PATCH_EMBEDDINGS),
+            ("seg_head", seg_head, SEG_HEADS),
+        ):
+            if value not in allowed:
+                raise ValueError(f"{name} must be one of {list(allowed)}, got '{value}'.")
         levels = len(encoder_depths)
         if levels < 2 or not len(decoder_depths) == len(num_heads) == levels:
             raise ValueError(
@@ -262,7 +292,8 @@ class PerceptGuide(nn.Module):
             "attention_impl": attention_impl,
             "use_checkpoint": use_checkpoint,
         }
-        self.patch_embed = PatchEmbedding(patch_size, in_channels, embed_dim)
+        embedding = ConvPatchEmbedding if patch_embed == "conv" else PatchEmbedding
+        self.patch_embed = embedding(patch_size, in_channels, embed_dim)
         self.pos_drop = nn.Dropout(drop_rate)
         encoder_rates = _drop_path_rates(encoder_depths, drop_path_rate)
         self.encoder = nn.ModuleList(
@@ -292,6 +323,7 @@ class PerceptGuide(nn.Module):
             seg_classes,
             patch_size,
             fused_head=attention_impl == "fast",
+            image_channels=in_channels if seg_head == "conv" else None,
             **decoder_common,
         )
         self.cls_decoder = ClassificationDecoder(
@@ -369,6 +401,6 @@ class PerceptGuide(nn.Module):
             x = stage(x)
         bottleneck = self.encoder_norm(x)
 
-        seg_logits = self.seg_decoder(bottleneck, skips, checked)
+        seg_logits = self.seg_decoder(bottleneck, skips, checked, image)
         cls_logits = self.cls_decoder(bottleneck, skips, checked)
         return seg_logits[:, :, :height, :width], cls_logits
