@@ -195,3 +195,25 @@ def test_gain_contrast_option_changes_image_brightness_but_not_labels(registry, 
         assert 0.0 <= float(varied["image"].min()) and float(varied["image"].max()) <= 1.0
         means.append(float(varied["image"].mean() / plain["image"].mean()))
     assert min(means) < 0.95 and max(means) > 1.05
+
+
+def test_translate_option_moves_image_and_label_together(registry, samples):
+    source = samples[("segmentation", "TG3K")]
+    official, shifted = train_transforms(SIZE, registry), train_transforms(SIZE, registry, translate=0.2)
+    moves = []
+    for seed in range(8):
+        official.set_random_state(seed=seed)
+        shifted.set_random_state(seed=seed)
+        plain, moved = official(source), shifted(source)
+        rows, cols = torch.nonzero(moved["label"][0], as_tuple=True)
+        plain_rows, plain_cols = torch.nonzero(plain["label"][0], as_tuple=True)
+        move = (rows.float().mean() - plain_rows.float().mean(), cols.float().mean() - plain_cols.float().mean())
+        moves.append(max(abs(float(m)) for m in move))
+        assert max(abs(float(m)) for m in move) <= 0.2 * SIZE + 1
+        # the image moved with the label: the labelled pixels keep their grey levels
+        inside = moved["image"][0][moved["label"][0] > 0].mean()
+        plain_inside = plain["image"][0][plain["label"][0] > 0].mean()
+        assert abs(float(inside - plain_inside)) < 0.05
+    assert max(moves) > 0.05 * SIZE
+    with pytest.raises(ValueError, match="fraction"):
+        train_transforms(SIZE, registry, translate=1.5)

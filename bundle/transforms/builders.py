@@ -21,7 +21,7 @@ from monai.transforms import CenterSpatialCropd, Compose, EnsureTyped, Lambdad, 
 
 from bundle.data.registry import DatasetRegistry, as_registry
 from bundle.prompts import DEFAULT_VOCABULARY, PromptVocabulary
-from bundle.transforms.geometry import ShortSideResized, official_augmentation, resize_to_square
+from bundle.transforms.geometry import ShortSideResized, official_augmentation, random_translation, resize_to_square
 from bundle.transforms.intensity import gain_contrast_augmentation
 from bundle.transforms.io import LoadUltrasoundd, channels_to_rgb
 from bundle.transforms.masks import MaskToIndicesd
@@ -41,6 +41,7 @@ def train_transforms(
     registry: DatasetRegistry | str | Path,
     mode_probabilities: Mapping[str, Mapping[str, float]] | None = None,
     gain_contrast: bool = False,
+    translate: float = 0.0,
 ) -> Compose:
     """Training chain (official recipe).
 
@@ -61,8 +62,11 @@ def train_transforms(
             ``MODE_PROBABILITIES``.
         gain_contrast: add random gamma and gain after the geometry
             (``gain_contrast_augmentation``); False is the official recipe.
+        translate: with a value above 0, shift image and label by up to that fraction of S
+            after the crop (``random_translation``); 0 is the official recipe.
     """
     registry = as_registry(registry)
+    shift = [random_translation(SPATIAL_KEYS, image_size, translate)] if translate else []
     intensity = [gain_contrast_augmentation("image")] if gain_contrast else []
     return Compose(
         load_transforms(registry)
@@ -73,6 +77,7 @@ def train_transforms(
             official_augmentation(SPATIAL_KEYS),
             CenterSpatialCropd(SPATIAL_KEYS, (image_size, image_size), allow_missing_keys=True),
         ]
+        + shift
         + intensity
         + [
             Lambdad("image", channels_to_rgb),
