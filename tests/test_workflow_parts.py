@@ -118,6 +118,25 @@ def test_sync_freezes_everything_but_the_prompt_projections():
         prompt_parameters(PerceptGuide(embed_dim=12, window_size=2, prompt=False))
 
 
+def test_prompt_parameters_freezes_batch_norm_statistics_in_training_mode():
+    net = PerceptGuide(embed_dim=12, window_size=2, encoder_depths=(1, 1, 1, 1), decoder_depths=(1, 1, 1, 1),
+                       patch_embed="conv")  # fmt: skip
+    before = {key: value.clone() for key, value in net.state_dict().items()}
+    prompt_parameters(net)
+    net.train()  # what the trainer does every iteration
+    prompts = {key: torch.eye(n)[:1].expand(2, -1) for key, n in net.prompt_sizes.items()}
+    seg, cls = net(torch.rand(2, 3, 64, 64), prompts)
+    (seg.mean() + cls.mean()).backward()
+    batch_norm = [key for key in before if ".adn.N." in key]
+    assert batch_norm and all(torch.equal(before[key], net.state_dict()[key]) for key in batch_norm)
+    # without the freeze the same forward moves the statistics
+    free = PerceptGuide(embed_dim=12, window_size=2, encoder_depths=(1, 1, 1, 1), decoder_depths=(1, 1, 1, 1),
+                        patch_embed="conv").train()  # fmt: skip
+    start = {key: value.clone() for key, value in free.state_dict().items() if key in batch_norm}
+    free(torch.rand(2, 3, 64, 64), prompts)
+    assert not all(torch.equal(start[key], free.state_dict()[key]) for key in batch_norm)
+
+
 def test_prepare_batch_returns_targets_and_prompts_and_names_missing_keys():
     batch = {
         "image": torch.rand(2, 3, 8, 8), "label": torch.zeros(2, 1, 8, 8), "cls_label": torch.tensor([0, 1]),
