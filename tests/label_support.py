@@ -25,6 +25,8 @@ SMALL_NET = {
     # the label tests fine-tune an untrained network on 6 images for 20 epochs, where the demo's
     # recipe (lr 2e-4 from scratch, 80 epochs on 250 images) is still in its all-background phase
     "network_def#window_size": 4,
+    # the 20-epoch fit gained 0.024 Dice with the CPU setting's convolution stem, 0.03+ with this one
+    "network_def#patch_embed": "linear",
     "learning_rate": 1.0e-3,
     "warmup_epochs": 4,
     "lr_decay": "poly",

@@ -56,7 +56,7 @@ def test_pretrain_writes_best_and_resumable_checkpoints_and_tensorboard_events(p
 
 def test_pretrain_with_the_cpu_setting_runs_its_recipe(workdir, datalist):
     """configs/cpu.yaml (the demo's recipe: cosine decay, plain Dice, whole-heavy input modes, unit
-    prompt init) runs through ``monai.bundle run``; tiny_model.yaml on top keeps it small."""
+    prompt init, convolution stem) runs through ``monai.bundle run``; tiny_model.yaml on top keeps it small."""
     ckpt_dir = workdir / "cpu_models"
     run_bundle("pretrain", "cpu", overrides={"datalist": datalist, "ckpt_dir": ckpt_dir, "output_dir": workdir / "cpu_runs"})
     resumable = torch.load(ckpt_dir / "checkpoint_1.pt", weights_only=False)
@@ -65,6 +65,7 @@ def test_pretrain_with_the_cpu_setting_runs_its_recipe(workdir, datalist):
     weights = torch.load(ckpt_dir / "model.pt", weights_only=True)
     prompt_biases = [v for k, v in weights.items() if ".prompt_proj." in k and k.endswith(".bias")]
     assert prompt_biases and all(torch.allclose(b, torch.ones_like(b), atol=0.05) for b in prompt_biases)  # unit
+    assert any(key.startswith("patch_embed.convs.") for key in weights)  # the convolution stem
 
 
 def test_evaluate_writes_metric_tables_and_overlays(pretrained, workdir, datalist):
