@@ -2,12 +2,13 @@
 
 The official network embeds 4×4 patches with one linear projection and turns each final token
 into a 4×4 block of logits with another, so nothing in it looks at neighbouring pixels below the
-token scale. Trained from scratch on a few hundred images (the CPU demo), that network learns
-where the training organs sit rather than what they look like, and its masks are blocky. A
-strided convolution stem (Xiao et al., "Early convolutions help transformers see better",
-NeurIPS 2021) and a full-resolution convolution over the expanded features and the image are
-the usual remedies; both are options of :class:`~bundle.networks.PerceptGuide`, off by default
-so official checkpoints keep loading.
+token scale. Trained from scratch on a few hundred images (the CPU demo), it fits its training
+thyroid videos and predicts a blob in the middle of new ones, with blocky outlines. A strided
+convolution stem (Xiao et al., "Early convolutions help transformers see better", NeurIPS 2021)
+and a full-resolution convolution over the expanded features and the image are the usual
+remedies; both are options of :class:`~bundle.networks.PerceptGuide`, off by default so official
+checkpoints keep loading. Measured on the demo (docs/results.md): the stem raised test thyroid
+Dice from 0.18–0.23 to 0.35–0.43; the head added nothing measurable at 1.4× the epoch time.
 """
 
 from __future__ import annotations
