@@ -23,7 +23,7 @@ SMALL_NET = {
     "network_def#num_heads": [1, 2],
     # pinned, so the tests do not follow the CPU setting's window and recipe as they are tuned:
     # the label tests fine-tune an untrained network on 6 images for 20 epochs, where the demo's
-    # recipe (lr 2e-4 from scratch, 80 epochs on 250 images) is still in its all-background phase
+    # recipe (lr 2e-4 at the time, from scratch, 80 epochs on 250 images) is still in its all-background phase
     "network_def#window_size": 4,
     # the 20-epoch fit gained 0.024 Dice with the CPU setting's convolution stem, 0.03+ with this one
     "network_def#patch_embed": "linear",
