@@ -140,9 +140,9 @@ def official_augmentation(
 def random_translation(keys: KeysCollection, size: int, fraction: float) -> RandAffined:
     """Shift image and label together by up to ``fraction · size`` pixels on each axis (zero fill).
 
-    Not in the official recipe: the official cascade never moves the anatomy, so a network that
-    can learn absolute position (a Swin-Unet trained from scratch) learns where each organ sat in
-    the training videos; see docs/results.md.
+    Not in the official recipe, whose cascade never moves the anatomy: meant to keep a network
+    trained from scratch from learning where each organ sat in the training videos. On the demo
+    data it did not help (runs T1 and Z3 in docs/results.md), so no shipped config uses it.
 
     Args:
         keys: image and label keys.
