@@ -119,8 +119,9 @@ def test_sync_freezes_everything_but_the_prompt_projections():
 
 
 def test_prompt_parameters_freezes_batch_norm_statistics_in_training_mode():
-    net = PerceptGuide(embed_dim=12, window_size=2, encoder_depths=(1, 1, 1, 1), decoder_depths=(1, 1, 1, 1),
-                       patch_embed="conv")  # fmt: skip
+    conv_stem_net = {"embed_dim": 12, "window_size": 2, "encoder_depths": (1, 1, 1, 1),
+                     "decoder_depths": (1, 1, 1, 1), "patch_embed": "conv"}  # fmt: skip
+    net = PerceptGuide(**conv_stem_net)
     before = {key: value.clone() for key, value in net.state_dict().items()}
     prompt_parameters(net)
     net.train()  # what the trainer does every iteration
@@ -130,8 +131,7 @@ def test_prompt_parameters_freezes_batch_norm_statistics_in_training_mode():
     batch_norm = [key for key in before if ".adn.N." in key]
     assert batch_norm and all(torch.equal(before[key], net.state_dict()[key]) for key in batch_norm)
     # without the freeze the same forward moves the statistics
-    free = PerceptGuide(embed_dim=12, window_size=2, encoder_depths=(1, 1, 1, 1), decoder_depths=(1, 1, 1, 1),
-                        patch_embed="conv").train()  # fmt: skip
+    free = PerceptGuide(**conv_stem_net).train()
     start = {key: value.clone() for key, value in free.state_dict().items() if key in batch_norm}
     free(torch.rand(2, 3, 64, 64), prompts)
     assert not all(torch.equal(start[key], free.state_dict()[key]) for key in batch_norm)

@@ -153,6 +153,6 @@ def random_translation(keys: KeysCollection, size: int, fraction: float) -> Rand
         raise ValueError(f"translation fraction must be in (0, 1), got {fraction}.")
     shift = fraction * size
     return RandAffined(
-        keys, prob=1.0, translate_range=(shift, shift), mode=("bilinear", "nearest"),
+        keys, prob=1.0, translate_range=(shift, shift), mode=(IMAGE_MODE, "nearest"),
         padding_mode="zeros", allow_missing_keys=True,
     )
