@@ -150,7 +150,7 @@ def random_translation(keys: KeysCollection, size: int, fraction: float) -> Rand
         fraction: largest shift as a fraction of S, in (0, 1).
     """
     if not 0.0 < fraction < 1.0:
-        raise ValueError(f"translation fraction must be in (0, 1), got {fraction}.")
+        raise ValueError(f"translate (the largest shift as a fraction of the image side) must be in (0, 1), got {fraction}.")
     shift = fraction * size
     return RandAffined(
         keys, prob=1.0, translate_range=(shift, shift), mode=(IMAGE_MODE, "nearest"),
