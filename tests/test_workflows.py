@@ -46,6 +46,7 @@ def pretrained(workdir, datalist) -> Path:
 def test_pretrain_writes_best_and_resumable_checkpoints_and_tensorboard_events(pretrained, workdir):
     assert pretrained.is_file()
     assert (workdir / "models" / "checkpoint_1.pt").is_file()
+    assert not (workdir / "models" / "model_best.pt").exists()  # model_selection: best writes model.pt only
     assert list((workdir / "runs").glob("events.out.tfevents.*"))
     state = torch.load(pretrained, weights_only=True)
     net = PerceptGuide(**TINY_NET)
@@ -66,6 +67,10 @@ def test_pretrain_with_the_cpu_setting_runs_its_recipe(workdir, datalist):
     prompt_biases = [v for k, v in weights.items() if ".prompt_proj." in k and k.endswith(".bias")]
     assert prompt_biases and all(torch.allclose(b, torch.ones_like(b), atol=0.05) for b in prompt_biases)  # unit
     assert any(key.startswith("patch_embed.convs.") for key in weights)  # the convolution stem
+    # model.pt holds the weights at the end of training, the best-validated ones are model_best.pt
+    last = resumable["model"]
+    assert weights.keys() == last.keys() and all(torch.equal(weights[k], last[k]) for k in last)
+    assert (ckpt_dir / "model_best.pt").is_file()
 
 
 def test_evaluate_writes_metric_tables_and_overlays(pretrained, workdir, datalist):
@@ -193,6 +198,7 @@ def test_multi_gpu_override_trains_with_two_gloo_processes(workdir, datalist):
         ("pretrain", {"dataset_dir": "/nonexistent/demo"}, "dataset registry file not found: /nonexistent/demo/datasets.yaml"),
         ("inference", {"organ": "spleen"}, "unknown position prompt 'spleen'"),
         ("inference", {"input_dir": "/nonexistent/images"}, "input folder not found: /nonexistent/images"),
+        ("pretrain", {"model_selection": "final"}, "model_selection must be one of ['best', 'last'], got 'final'"),
     ],
 )
 def test_bad_settings_stop_with_a_message_naming_the_cause(stage, overrides, message):
