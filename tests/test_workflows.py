@@ -59,10 +59,12 @@ def test_pretrain_with_the_cpu_setting_runs_its_recipe(workdir, datalist):
     """configs/cpu.yaml (the demo's recipe: cosine decay, plain Dice, whole-heavy input modes, unit
     prompt init, convolution stem) runs through ``monai.bundle run``; tiny_model.yaml on top keeps it small."""
     ckpt_dir = workdir / "cpu_models"
-    run_bundle("pretrain", "cpu", overrides={"datalist": datalist, "ckpt_dir": ckpt_dir, "output_dir": workdir / "cpu_runs"})
-    resumable = torch.load(ckpt_dir / "checkpoint_1.pt", weights_only=False)
+    # validated at epoch 2 only, trained to epoch 3: the best-validated and the last weights differ
+    overrides = {"datalist": datalist, "ckpt_dir": ckpt_dir, "output_dir": workdir / "cpu_runs", "epochs": 3, "val_interval": 2}
+    run_bundle("pretrain", "cpu", overrides=overrides)
+    resumable = torch.load(ckpt_dir / "checkpoint_3.pt", weights_only=False)
     iterations = resumable["trainer"]["epoch_length"]
-    assert resumable["lr_scheduler"]["T_max"] == iterations  # cosine over the whole (1-epoch) run
+    assert resumable["lr_scheduler"]["T_max"] == 3 * iterations  # cosine over the whole run
     weights = torch.load(ckpt_dir / "model.pt", weights_only=True)
     prompt_biases = [v for k, v in weights.items() if ".prompt_proj." in k and k.endswith(".bias")]
     assert prompt_biases and all(torch.allclose(b, torch.ones_like(b), atol=0.05) for b in prompt_biases)  # unit
@@ -70,7 +72,8 @@ def test_pretrain_with_the_cpu_setting_runs_its_recipe(workdir, datalist):
     # model.pt holds the weights at the end of training, the best-validated ones are model_best.pt
     last = resumable["model"]
     assert weights.keys() == last.keys() and all(torch.equal(weights[k], last[k]) for k in last)
-    assert (ckpt_dir / "model_best.pt").is_file()
+    best = torch.load(ckpt_dir / "model_best.pt", weights_only=True)
+    assert not all(torch.equal(best[k], last[k]) for k in last)
 
 
 def test_evaluate_writes_metric_tables_and_overlays(pretrained, workdir, datalist):
