@@ -17,7 +17,10 @@ from bundle.transforms import (
     GEOMETRIES,
     INFERENCE_KEYS,
     SAMPLE_KEYS,
+    ShortSideInterpolated,
+    ShortSideResized,
     inference_transforms,
+    load_transforms,
     train_transforms,
     val_transforms,
 )
@@ -217,3 +220,18 @@ def test_translate_option_moves_image_and_label_together(registry, samples):
     assert max(moves) > 0.05 * SIZE
     with pytest.raises(ValueError, match="fraction"):
         train_transforms(SIZE, registry, translate=1.5)
+
+
+@pytest.mark.parametrize("dataset", ["BUSI", "TG3K"])
+def test_training_resize_matches_the_invertible_one(registry, samples, dataset):
+    """The training chain's torch resize gives MONAI's shapes and labels, and nearly its image."""
+    source = samples[("segmentation", dataset)]
+    for transform in load_transforms(registry):
+        source = transform(source)
+    keys = ("image", "label")
+    fast, traced = ShortSideInterpolated(keys, SIZE)(source), ShortSideResized(keys, SIZE)(source)
+    assert min(fast["image"].shape[1:]) == SIZE
+    assert fast["image"].shape == traced["image"].shape and fast["label"].shape == traced["label"].shape
+    assert fast["label"].dtype == source["label"].dtype
+    assert torch.equal(torch.as_tensor(fast["label"]), torch.as_tensor(traced["label"]).to(fast["label"].dtype))
+    assert float((fast["image"] - torch.as_tensor(traced["image"])).abs().mean()) < 0.02

@@ -10,6 +10,7 @@ Config one-liners::
 from bundle.transforms.builders import inference_transforms, load_transforms, train_transforms, val_transforms
 from bundle.transforms.geometry import (
     GEOMETRIES,
+    ShortSideInterpolated,
     ShortSideResize,
     ShortSideResized,
     official_augmentation,
@@ -41,6 +42,7 @@ __all__ = [
     "MaskToIndicesd",
     "PromptModed",
     "RandPromptModed",
+    "ShortSideInterpolated",
     "ShortSideResize",
     "ShortSideResized",
     "TaskTargetsd",

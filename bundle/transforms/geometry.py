@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Hashable, Mapping, Sequence
 
 import torch
+import torch.nn.functional as F
 from monai.config import KeysCollection
 from monai.data import MetaTensor
 from monai.transforms import (
@@ -79,6 +80,40 @@ class ShortSideResized(Resized):
             keys, spatial_size, mode=mode, anti_aliasing=anti_aliasing, allow_missing_keys=allow_missing_keys
         )
         self.resizer = ShortSideResize(spatial_size=spatial_size)
+
+
+class ShortSideInterpolated(MapTransform):
+    """Training-only ``ShortSideResized``: torch's anti-aliased interpolation, no trace kept.
+
+    MONAI's anti-aliasing is a Gaussian blur before the interpolation, ~7.5 ms per demo image
+    (up to 55 ms for a 3-channel 560×775 one, 1 thread); ``F.interpolate(antialias=True)`` filters
+    while it resamples and takes 0.3–2 ms. Its output differs from MONAI's by ~0.005 on average
+    (intensities in [0, 1]). It records no trace, so validation and inference, which invert their
+    resize, keep ``ShortSideResized``. (The official code resizes with ``scipy.ndimage.zoom``,
+    order 1, without anti-aliasing.)
+
+    Args:
+        keys: image key first (bilinear, anti-aliased), then label keys (nearest-exact); missing
+            keys are skipped.
+        spatial_size: the shorter side after resizing.
+    """
+
+    def __init__(self, keys: KeysCollection, spatial_size: int) -> None:
+        super().__init__(keys, allow_missing_keys=True)
+        self.spatial_size = spatial_size
+
+    def __call__(self, data: Mapping[Hashable, torch.Tensor]) -> dict[Hashable, torch.Tensor]:
+        out = dict(data)
+        for key in self.key_iterator(out):
+            array = torch.as_tensor(out[key])
+            scale = self.spatial_size / min(array.shape[1:])
+            size = tuple(max(self.spatial_size, int(round(s * scale))) for s in array.shape[1:])
+            if key == self.keys[0]:
+                resized = F.interpolate(array[None].float(), size, mode="bilinear", align_corners=False, antialias=True)
+            else:
+                resized = F.interpolate(array[None].float(), size, mode="nearest-exact")
+            out[key] = resized[0].to(array.dtype)
+        return out
 
 
 def resize_to_square(keys: KeysCollection, size: int, geometry: str = "crop") -> list[MapTransform]:
