@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 from monai.data import DataLoader, Dataset, decollate_batch
-from monai.transforms import Invertd
+from monai.transforms import CenterSpatialCropd, Flipd, Invertd, Rotated, Zoomd
 from PIL import Image
 
 from bundle.data import load_registry, m2us_samples
@@ -17,6 +17,7 @@ from bundle.transforms import (
     GEOMETRIES,
     INFERENCE_KEYS,
     SAMPLE_KEYS,
+    RandOfficialCascaded,
     ShortSideInterpolated,
     ShortSideResized,
     inference_transforms,
@@ -235,3 +236,52 @@ def test_training_resize_matches_the_invertible_one(registry, samples, dataset):
     assert fast["label"].dtype == source["label"].dtype
     assert torch.equal(torch.as_tensor(fast["label"]), torch.as_tensor(traced["label"]).to(fast["label"].dtype))
     assert float((fast["image"] - torch.as_tensor(traced["image"])).abs().mean()) < 0.02
+
+
+def _resized_sample(registry, source: dict) -> dict:
+    """A real sample loaded, as plain tensors, shorter side SIZE (the cascade's input)."""
+    for transform in load_transforms(registry):
+        source = transform(source)
+    plain = {key: torch.as_tensor(source[key]).as_subclass(torch.Tensor) for key in ("image", "label")}
+    return ShortSideInterpolated(("image", "label"), SIZE)(plain)
+
+
+CASCADE_REFERENCES = [  # (branch, amount, MONAI transform it replaces, least label Dice)
+    ("none", 0.0, None, 1.0),
+    ("flip", 0.0, Flipd(("image", "label"), spatial_axis=1), 1.0),
+    ("rotate", 0.3, Rotated(("image", "label"), 0.3, mode=("bilinear", "nearest"), padding_mode="zeros"), 1.0),
+    ("rotate", -0.2, Rotated(("image", "label"), -0.2, mode=("bilinear", "nearest"), padding_mode="zeros"), 1.0),
+    # MONAI's Zoom resizes to a whole number of pixels, then pads or crops: up to ~1 px apart
+    ("zoom", 0.85, Zoomd(("image", "label"), 0.85, mode=("bilinear", "nearest-exact"), padding_mode="constant"), 0.9),
+    ("zoom", 1.15, Zoomd(("image", "label"), 1.15, mode=("bilinear", "nearest-exact"), padding_mode="constant"), 0.9),
+]
+
+
+@pytest.mark.parametrize("dataset", ["BUSI", "Fetal_HC"])
+@pytest.mark.parametrize("branch, amount, reference, least_dice", CASCADE_REFERENCES)
+def test_official_cascade_matches_the_monai_transforms(registry, samples, dataset, branch, amount, reference, least_dice):
+    resized = _resized_sample(registry, samples[("segmentation", dataset)])
+    out = RandOfficialCascaded(("image", "label"), SIZE).apply(resized, branch, amount)
+    expected = CenterSpatialCropd(("image", "label"), (SIZE, SIZE))(reference(dict(resized)) if reference else resized)
+    assert out["image"].shape == (1, SIZE, SIZE) and out["label"].shape == (1, SIZE, SIZE)
+    ours, theirs = out["label"] > 0, torch.as_tensor(expected["label"]) > 0
+    dice = 2 * float((ours & theirs).sum()) / max(float(ours.sum() + theirs.sum()), 1.0)
+    assert dice >= least_dice - 1e-6
+    image_gap = float((out["image"] - torch.as_tensor(expected["image"])).abs().mean())
+    assert image_gap < (1e-5 if least_dice == 1.0 else 0.05)
+
+
+def test_official_cascade_draws_the_official_branches(registry, samples):
+    cascade = RandOfficialCascaded(("image", "label"), SIZE)
+    cascade.set_random_state(seed=0)
+    draws = {"flip": 0, "rotate": 0, "zoom": 0, "none": 0}
+    for _ in range(4000):
+        cascade.randomize()
+        draws[cascade.branch] += 1
+        if cascade.branch == "rotate":
+            assert abs(cascade.amount) <= np.radians(20.0)
+        if cascade.branch == "zoom":
+            assert 0.8 <= cascade.amount <= 1.2
+    assert draws == pytest.approx({"flip": 2000, "rotate": 1000, "zoom": 500, "none": 500}, abs=120)
+    with pytest.raises(ValueError, match="unknown branch 'shear'"):
+        cascade.apply({}, "shear")

@@ -8,12 +8,12 @@ Config one-liners::
 """
 
 from bundle.transforms.builders import inference_transforms, load_transforms, train_transforms, val_transforms
+from bundle.transforms.cascade import CASCADE_BRANCHES, RandOfficialCascaded
 from bundle.transforms.geometry import (
     GEOMETRIES,
     ShortSideInterpolated,
     ShortSideResize,
     ShortSideResized,
-    official_augmentation,
     resize_to_square,
 )
 from bundle.transforms.intensity import gain_contrast_augmentation
@@ -31,6 +31,7 @@ from bundle.transforms.targets import INFERENCE_KEYS, SAMPLE_KEYS, EncodePrompts
 from bundle.transforms.verify import verify_samples
 
 __all__ = [
+    "CASCADE_BRANCHES",
     "GEOMETRIES",
     "INFERENCE_KEYS",
     "LOCATION_INTENSITY",
@@ -41,6 +42,7 @@ __all__ = [
     "LoadUltrasoundd",
     "MaskToIndicesd",
     "PromptModed",
+    "RandOfficialCascaded",
     "RandPromptModed",
     "ShortSideInterpolated",
     "ShortSideResize",
@@ -52,7 +54,6 @@ __all__ = [
     "load_transforms",
     "local_square",
     "location_mark",
-    "official_augmentation",
     "reader_for",
     "resize_to_square",
     "to_unit_range",

@@ -17,16 +17,12 @@ from __future__ import annotations
 from collections.abc import Mapping
 from pathlib import Path
 
-from monai.transforms import CenterSpatialCropd, Compose, EnsureTyped, Lambdad, SelectItemsd
+from monai.transforms import Compose, EnsureTyped, Lambdad, SelectItemsd
 
 from bundle.data.registry import DatasetRegistry, as_registry
 from bundle.prompts import DEFAULT_VOCABULARY, PromptVocabulary
-from bundle.transforms.geometry import (
-    ShortSideInterpolated,
-    official_augmentation,
-    random_translation,
-    resize_to_square,
-)
+from bundle.transforms.cascade import RandOfficialCascaded
+from bundle.transforms.geometry import ShortSideInterpolated, random_translation, resize_to_square
 from bundle.transforms.intensity import gain_contrast_augmentation
 from bundle.transforms.io import LoadUltrasoundd, channels_to_rgb
 from bundle.transforms.masks import MaskToIndicesd
@@ -50,16 +46,17 @@ def train_transforms(
 ) -> Compose:
     """Training chain (official recipe).
 
-    load -> random input mode (local crop / location mark, official probabilities) -> plain
-    tensors -> shorter side to ``image_size`` -> one of flip / rotate +-20 deg / zoom 0.8-1.2
-    (official cascade) -> centre crop -> targets and one-hot prompts.
+    load -> plain tensors -> random input mode (local crop / location mark, official
+    probabilities) -> shorter side to ``image_size`` -> one of flip / rotate +-20 deg / zoom
+    0.8-1.2 (official cascade) with the centre crop -> targets and one-hot prompts.
 
-    The images leave MONAI's metadata tracking after the input mode (whose MONAI crop would wrap
-    them again) and are resized by ``ShortSideInterpolated``: nothing inverts a training sample,
-    and the two cut the data time of a 2-thread demo epoch from 3.2 to 2.0 s (median of five,
-    ``docs/results.md``). Errors that name the file come before that point (loading, mask
-    checks), and training prompt names come from the registry, checked when it loads, so no
-    later step needs the file name.
+    The decoded images leave MONAI's metadata tracking before the first random transform, and
+    every random step is a plain-tensor one (``RandPromptModed``'s slice,
+    ``ShortSideInterpolated``, ``RandOfficialCascaded``): nothing inverts a training sample, and
+    MONAI's traced crop, anti-aliased resize and ``OneOf`` of flip / rotate / zoom took ~2/3 of
+    the data time of a demo epoch (``docs/results.md``). Errors that name the file come before
+    that point (loading, mask checks), and training prompt names come from the registry,
+    checked when it loads, so no later step needs the file name.
 
     Args:
         image_size: output side S.
@@ -77,12 +74,10 @@ def train_transforms(
     return Compose(
         load_transforms(registry)
         + [
+            EnsureTyped(("image", "label", "mask"), track_meta=False, allow_missing_keys=True),
             RandPromptModed(mode_probabilities),
-            # after the mode: its MONAI crop wraps plain tensors into MetaTensors again
-            EnsureTyped(SPATIAL_KEYS, track_meta=False, allow_missing_keys=True),
             ShortSideInterpolated(SPATIAL_KEYS, image_size),
-            official_augmentation(SPATIAL_KEYS),
-            CenterSpatialCropd(SPATIAL_KEYS, (image_size, image_size), allow_missing_keys=True),
+            RandOfficialCascaded(SPATIAL_KEYS, image_size),
         ]
         + shift
         + intensity

@@ -1,8 +1,7 @@
-"""Resizing and the official augmentation cascade, as invertible MONAI dict transforms."""
+"""Resizing to the network input: invertible MONAI transforms (evaluation, inference), a torch one (training)."""
 
 from __future__ import annotations
 
-import math
 from collections.abc import Hashable, Mapping, Sequence
 
 import torch
@@ -11,13 +10,8 @@ from monai.config import KeysCollection
 from monai.data import MetaTensor
 from monai.transforms import (
     CenterSpatialCropd,
-    Flipd,
-    Identityd,
     MapTransform,
-    OneOf,
     RandAffined,
-    RandRotated,
-    RandZoomd,
     Resize,
     Resized,
     SpatialPadd,
@@ -143,33 +137,6 @@ def resize_to_square(keys: KeysCollection, size: int, geometry: str = "crop") ->
     if geometry == "squash":
         return [Resized(keys, (size, size), mode=modes, anti_aliasing=aliasing, allow_missing_keys=True)]
     raise ValueError(f"unknown geometry '{geometry}', expected one of {list(GEOMETRIES)}")
-
-
-def official_augmentation(
-    keys: KeysCollection, max_angle_deg: float = 20.0, zoom: tuple[float, float] = (0.8, 1.2)
-) -> OneOf:
-    """The official cascade: h-flip if r1 > 0.5, elif r2 > 0.5 rotate, elif r3 > 0.5 zoom.
-
-    As one MONAI ``OneOf``: flip 1/2, rotate 1/4 (uniform in +-``max_angle_deg``), zoom 1/8
-    (factor uniform in ``zoom``, size kept: zero padding below 1, centre crop above), unchanged 1/8.
-    Images are interpolated bilinearly, labels by nearest neighbour.
-    """
-    modes = (IMAGE_MODE, "nearest")
-    return OneOf(
-        [
-            Flipd(keys, spatial_axis=1, allow_missing_keys=True),
-            RandRotated(
-                keys, range_x=math.radians(max_angle_deg), prob=1.0, mode=modes, padding_mode="zeros",
-                keep_size=True, allow_missing_keys=True,
-            ),
-            RandZoomd(
-                keys, prob=1.0, min_zoom=zoom[0], max_zoom=zoom[1], mode=(IMAGE_MODE, LABEL_MODE),
-                padding_mode="constant", keep_size=True, allow_missing_keys=True,
-            ),
-            Identityd(keys, allow_missing_keys=True),
-        ],
-        weights=(0.5, 0.25, 0.125, 0.125),
-    )
 
 
 def random_translation(keys: KeysCollection, size: int, fraction: float) -> RandAffined:
