@@ -271,8 +271,15 @@ def test_official_cascade_matches_the_monai_transforms(registry, samples, datase
     assert image_gap < (1e-5 if least_dice == 1.0 else 0.05)
 
 
-def test_official_cascade_draws_the_official_branches(registry, samples):
-    cascade = RandOfficialCascaded(("image", "label"), SIZE)
+@pytest.mark.parametrize(
+    "options, expected, zoom",
+    [
+        ({}, {"flip": 2000, "rotate": 1000, "zoom": 500, "none": 500}, (0.8, 1.2)),  # official
+        ({"weights": {"flip": 0.25, "zoom": 0.75}, "zoom": [0.6, 1.4]}, {"flip": 1000, "rotate": 0, "zoom": 3000, "none": 0}, (0.6, 1.4)),
+    ],
+)
+def test_cascade_draws_its_branches_with_their_weights(options, expected, zoom):
+    cascade = RandOfficialCascaded(("image", "label"), SIZE, **options)
     cascade.set_random_state(seed=0)
     draws = {"flip": 0, "rotate": 0, "zoom": 0, "none": 0}
     for _ in range(4000):
@@ -281,7 +288,20 @@ def test_official_cascade_draws_the_official_branches(registry, samples):
         if cascade.branch == "rotate":
             assert abs(cascade.amount) <= np.radians(20.0)
         if cascade.branch == "zoom":
-            assert 0.8 <= cascade.amount <= 1.2
-    assert draws == pytest.approx({"flip": 2000, "rotate": 1000, "zoom": 500, "none": 500}, abs=120)
+            assert zoom[0] <= cascade.amount <= zoom[1]
+    assert draws == pytest.approx(expected, abs=120)
     with pytest.raises(ValueError, match="unknown branch 'shear'"):
         cascade.apply({}, "shear")
+
+
+@pytest.mark.parametrize(
+    "options, message",
+    [
+        ({"weights": {"flip": 0.5, "shear": 0.5}}, "augmentation weights must be over"),
+        ({"weights": {"flip": 0.5}}, "sum to 1"),
+        ({"zoom": [1.2, 0.8]}, "augmentation zoom must be"),
+    ],
+)
+def test_cascade_refuses_bad_options(options, message):
+    with pytest.raises(ValueError, match=message):
+        RandOfficialCascaded(("image", "label"), SIZE, **options)

@@ -43,6 +43,7 @@ def train_transforms(
     mode_probabilities: Mapping[str, Mapping[str, float]] | None = None,
     gain_contrast: bool = False,
     translate: float = 0.0,
+    augmentation: Mapping[str, object] | None = None,
 ) -> Compose:
     """Training chain (official recipe).
 
@@ -67,6 +68,9 @@ def train_transforms(
             (``gain_contrast_augmentation``); False is the official recipe.
         translate: with a value above 0, shift image and label by up to that fraction of S
             after the crop (``random_translation``); 0 is the official recipe.
+        augmentation: keyword arguments of ``RandOfficialCascaded`` (``weights`` of the
+            flip / rotate / zoom / none branches, ``zoom`` range, ``max_angle_deg``); None or
+            empty is the official cascade.
     """
     registry = as_registry(registry)
     shift = [random_translation(SPATIAL_KEYS, image_size, translate)] if translate else []
@@ -77,7 +81,7 @@ def train_transforms(
             EnsureTyped(("image", "label", "mask"), track_meta=False, allow_missing_keys=True),
             RandPromptModed(mode_probabilities),
             ShortSideInterpolated(SPATIAL_KEYS, image_size),
-            RandOfficialCascaded(SPATIAL_KEYS, image_size),
+            RandOfficialCascaded(SPATIAL_KEYS, image_size, **(augmentation or {})),
         ]
         + shift
         + intensity

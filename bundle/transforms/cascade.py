@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Hashable, Mapping
+from collections.abc import Hashable, Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -33,6 +33,8 @@ class RandOfficialCascaded(RandomizableTransform, MapTransform):
         spatial_size: the crop side S.
         max_angle_deg: largest rotation in degrees.
         zoom: (smallest, largest) zoom factor.
+        weights: branch -> probability over ``CASCADE_BRANCHES``' names (missing ones 0); None
+            for the official ``CASCADE_BRANCHES``.
     """
 
     def __init__(
@@ -40,18 +42,27 @@ class RandOfficialCascaded(RandomizableTransform, MapTransform):
         keys: KeysCollection,
         spatial_size: int,
         max_angle_deg: float = 20.0,
-        zoom: tuple[float, float] = (0.8, 1.2),
+        zoom: Sequence[float] = (0.8, 1.2),
+        weights: Mapping[str, float] | None = None,
     ) -> None:
         RandomizableTransform.__init__(self, prob=1.0)
         MapTransform.__init__(self, keys, allow_missing_keys=True)
+        weights = dict(CASCADE_BRANCHES if weights is None else weights)
+        if set(weights) - set(CASCADE_BRANCHES) or abs(sum(weights.values()) - 1.0) > 1e-6 or min(weights.values()) < 0:
+            raise ValueError(
+                f"augmentation weights must be over {list(CASCADE_BRANCHES)}, non-negative and sum to 1: {weights}"
+            )
+        if len(zoom) != 2 or not 0 < zoom[0] <= zoom[1]:
+            raise ValueError(f"augmentation zoom must be [smallest, largest] with 0 < smallest <= largest, got {list(zoom)}")
         self.spatial_size = spatial_size
         self.max_angle = math.radians(max_angle_deg)
-        self.zoom = zoom
+        self.zoom = (float(zoom[0]), float(zoom[1]))
+        self.weights = {branch: float(weights.get(branch, 0.0)) for branch in CASCADE_BRANCHES}
         self.branch, self.amount = "none", 0.0
 
     def randomize(self, data: object = None) -> None:
         """Draw the branch and its amount (angle in radians or zoom factor)."""
-        self.branch = str(self.R.choice(list(CASCADE_BRANCHES), p=list(CASCADE_BRANCHES.values())))
+        self.branch = str(self.R.choice(list(self.weights), p=list(self.weights.values())))
         if self.branch == "rotate":
             self.amount = float(self.R.uniform(-self.max_angle, self.max_angle))
         elif self.branch == "zoom":
