@@ -10,6 +10,7 @@ import torch
 from monai.bundle import ConfigWorkflow
 from monai.losses import DiceCELoss
 
+from bundle.flags import as_flag
 from bundle.networks import PerceptGuide
 from bundle.workflows.batch import PreparePromptBatch
 from bundle.workflows.inferers import PromptInferer
@@ -206,3 +207,17 @@ def test_warmup_decay_lr_official_short_and_invalid():
         warmup_decay_lr(torch.optim.Adam([param], lr=1e-3), total_iters=5, warmup_iters=-1)
     with pytest.raises(ValueError, match="unknown learning-rate decay 'step'"):
         warmup_decay_lr(torch.optim.Adam([param], lr=1e-3), total_iters=5, decay="step")
+
+
+@pytest.mark.parametrize(
+    "value, expected",
+    [(True, True), (False, False), ("true", True), ("false", False), ("False", False), (" YES ", True), ("off", False), (1, True), (0, False)],
+)
+def test_command_line_switches_read_as_booleans(value, expected):
+    # python-fire hands `--resume false` to the config as the truthy string 'false'
+    assert as_flag(value, "resume") is expected
+
+
+def test_a_switch_that_is_neither_true_nor_false_is_refused_by_name():
+    with pytest.raises(ValueError, match="gain_contrast must be true or false, got 'maybe'"):
+        as_flag("maybe", "gain_contrast")

@@ -203,6 +203,7 @@ def test_multi_gpu_override_trains_with_two_gloo_processes(workdir, datalist):
         ("inference", {"input_dir": "/nonexistent/images"}, "input folder not found: /nonexistent/images"),
         ("pretrain", {"model_selection": "final"}, "model_selection must be one of ['best', 'last'], got 'final'"),
         ("pretrain", {"augmentation": {"weights": {"shear": 1.0}}}, "augmentation weights must be over"),
+        ("pretrain", {"resume": "maybe"}, "resume must be true or false, got 'maybe'"),
     ],
 )
 def test_bad_settings_stop_with_a_message_naming_the_cause(stage, overrides, message):
