@@ -15,7 +15,11 @@ import pytest
 import torch
 from PIL import Image
 
+from monai.bundle import ConfigParser
+from monai.transforms import Compose, RandAdjustContrastd
+
 from bundle.networks import PerceptGuide, PromptedSegmenter, load_weights
+from bundle.transforms import RandOfficialCascaded
 from bundle_runner import (
     DEMO_DIR, REPO_ROOT, bundle_command, config_list, run_bundle, subprocess_env, write_small_datalist,
 )  # fmt: skip
@@ -74,6 +78,25 @@ def test_pretrain_with_the_cpu_setting_runs_its_recipe(workdir, datalist):
     assert weights.keys() == last.keys() and all(torch.equal(weights[k], last[k]) for k in last)
     best = torch.load(ckpt_dir / "model_best.pt", weights_only=True)
     assert not all(torch.equal(best[k], last[k]) for k in last)
+
+
+def test_cpu_setting_trains_with_its_augmentation():
+    """cpu.yaml's gamma / gain and zoom-heavy cascade reach the training chain (pretrain.yaml alone: official)."""
+    chains = {}
+    for name, files in {"official": ["pretrain.yaml"], "cpu": ["pretrain.yaml", "cpu.yaml"]}.items():
+        parser = ConfigParser()
+        parser.read_config([str(REPO_ROOT / "configs" / f) for f in files])
+        parser["bundle_root"] = str(REPO_ROOT)
+        chains[name] = parser.get_parsed_content("train#preprocessing")
+    for name, chain in chains.items():
+        cascade = next(t for t in chain.transforms if isinstance(t, RandOfficialCascaded))
+        gamma = [t for t in chain.transforms if isinstance(t, Compose) and isinstance(t.transforms[0], RandAdjustContrastd)]
+        if name == "cpu":
+            assert cascade.weights == {"flip": 0.25, "rotate": 0.25, "zoom": 0.5, "none": 0.0}
+            assert cascade.zoom == (0.6, 1.4) and len(gamma) == 1
+        else:
+            assert cascade.weights == {"flip": 0.5, "rotate": 0.25, "zoom": 0.125, "none": 0.125}
+            assert cascade.zoom == (0.8, 1.2) and not gamma
 
 
 def test_evaluate_writes_metric_tables_and_overlays(pretrained, workdir, datalist):
