@@ -305,3 +305,12 @@ def test_cascade_draws_its_branches_with_their_weights(options, expected, zoom):
 def test_cascade_refuses_bad_options(options, message):
     with pytest.raises(ValueError, match=message):
         RandOfficialCascaded(("image", "label"), SIZE, **options)
+
+
+def test_augmentation_null_from_the_command_line_is_the_official_cascade(registry):
+    for value in (None, {}, "null", "None"):
+        chain = train_transforms(SIZE, registry, augmentation=value)
+        cascade = next(t for t in chain.transforms if isinstance(t, RandOfficialCascaded))
+        assert cascade.weights == {"flip": 0.5, "rotate": 0.25, "zoom": 0.125, "none": 0.125}
+    with pytest.raises(ValueError, match="augmentation must be a mapping of cascade settings or null, got 'zoomy'"):
+        train_transforms(SIZE, registry, augmentation="zoomy")

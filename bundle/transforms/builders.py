@@ -69,10 +69,15 @@ def train_transforms(
         translate: with a value above 0, shift image and label by up to that fraction of S
             after the crop (``random_translation``); 0 is the official recipe.
         augmentation: keyword arguments of ``RandOfficialCascaded`` (``weights`` of the
-            flip / rotate / zoom / none branches, ``zoom`` range, ``max_angle_deg``); None or
-            empty is the official cascade.
+            flip / rotate / zoom / none branches, ``zoom`` range, ``max_angle_deg``); None, empty
+            or ``"null"`` (what ``--augmentation null`` passes: ``monai.bundle run`` drops a
+            ``None`` override) is the official cascade.
     """
     registry = as_registry(registry)
+    if isinstance(augmentation, str):
+        if augmentation.strip().lower() not in ("null", "none", "official"):
+            raise ValueError(f"augmentation must be a mapping of cascade settings or null, got {augmentation!r}.")
+        augmentation = None
     shift = [random_translation(SPATIAL_KEYS, image_size, translate)] if translate else []
     intensity = [gain_contrast_augmentation("image")] if gain_contrast else []
     return Compose(
