@@ -77,15 +77,19 @@ class RandOfficialCascaded(RandomizableTransform, MapTransform):
         if branch not in CASCADE_BRANCHES:
             raise ValueError(f"unknown branch '{branch}', expected one of {list(CASCADE_BRANCHES)}")
         out = dict(data)
+        grid = None  # image and labels share their size, hence one sampling grid
         for key in self.key_iterator(out):
             array = torch.as_tensor(out[key])
             if branch == "flip":
                 array = torch.flip(array, dims=(-1,))
             if branch in ("flip", "none"):
                 out[key] = self._centre_crop(array)
-            else:
-                mode = "bilinear" if key == self.keys[0] else "nearest"
-                out[key] = self._resample(array, branch, amount, mode)
+                continue
+            if grid is None:
+                grid = self._sampling_grid(array.shape[-2:], branch, amount)
+            mode = "bilinear" if key == self.keys[0] else "nearest"
+            sampled = F.grid_sample(array[None].float(), grid, mode=mode, padding_mode="zeros", align_corners=True)
+            out[key] = sampled[0].to(array.dtype)
         return out
 
     def _centre_crop(self, array: torch.Tensor) -> torch.Tensor:
@@ -95,9 +99,9 @@ class RandOfficialCascaded(RandomizableTransform, MapTransform):
     def _crop_origin(self, shape: torch.Size) -> tuple[int, int]:
         return shape[0] // 2 - self.spatial_size // 2, shape[1] // 2 - self.spatial_size // 2
 
-    def _resample(self, array: torch.Tensor, branch: str, amount: float, mode: str) -> torch.Tensor:
-        """(C, H, W) -> (C, S, S): each crop pixel samples the rotated or zoomed image about its centre."""
-        height, width = array.shape[-2:]
+    def _sampling_grid(self, shape: torch.Size, branch: str, amount: float) -> torch.Tensor:
+        """(1, S, S, 2) ``grid_sample`` grid: each crop pixel's source in the rotated or zoomed (H, W) image."""
+        height, width = shape
         top, left = self._crop_origin((height, width))
         centre_y, centre_x = (height - 1) / 2, (width - 1) / 2
         steps = torch.arange(self.spatial_size, dtype=torch.float32)
@@ -108,6 +112,4 @@ class RandOfficialCascaded(RandomizableTransform, MapTransform):
         else:
             y, x = y / amount, x / amount
         # grid_sample wants (x, y) in [-1, 1] with the corner pixels' centres at -1 and 1
-        grid = torch.stack((2 * (x + centre_x) / (width - 1) - 1, 2 * (y + centre_y) / (height - 1) - 1), dim=-1)
-        sampled = F.grid_sample(array[None].float(), grid[None], mode=mode, padding_mode="zeros", align_corners=True)
-        return sampled[0].to(array.dtype)
+        return torch.stack((2 * (x + centre_x) / (width - 1) - 1, 2 * (y + centre_y) / (height - 1) - 1), dim=-1)[None]

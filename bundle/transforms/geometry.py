@@ -23,6 +23,12 @@ GEOMETRIES: tuple[str, ...] = ("crop", "letterbox", "squash")
 IMAGE_MODE, LABEL_MODE = "bilinear", "nearest-exact"
 
 
+def short_side_size(shape: Sequence[int], side: int) -> tuple[int, ...]:
+    """Spatial size with the shorter side ``side`` and the aspect ratio kept (no side below ``side``)."""
+    scale = side / min(shape)
+    return tuple(max(side, int(round(s * scale))) for s in shape)
+
+
 class ShortSideResize(Resize):
     """Resize so the shorter spatial side equals ``spatial_size`` (an int), keeping the aspect ratio.
 
@@ -43,11 +49,9 @@ class ShortSideResize(Resize):
         if not isinstance(self.spatial_size, int):
             raise ValueError(f"ShortSideResize needs an int spatial_size, got {self.spatial_size}")
         shape = img.peek_pending_shape() if isinstance(img, MetaTensor) else img.shape[1:]
-        scale = self.spatial_size / min(shape)
-        size = tuple(max(self.spatial_size, int(round(s * scale))) for s in shape)
         return resize(
             img,
-            size,
+            short_side_size(shape, self.spatial_size),
             self.mode if mode is None else mode,
             self.align_corners if align_corners is None else align_corners,
             get_equivalent_dtype(dtype or self.dtype or img.dtype, torch.Tensor),
@@ -100,12 +104,11 @@ class ShortSideInterpolated(MapTransform):
         out = dict(data)
         for key in self.key_iterator(out):
             array = torch.as_tensor(out[key])
-            scale = self.spatial_size / min(array.shape[1:])
-            size = tuple(max(self.spatial_size, int(round(s * scale))) for s in array.shape[1:])
+            size = short_side_size(array.shape[1:], self.spatial_size)
             if key == self.keys[0]:
-                resized = F.interpolate(array[None].float(), size, mode="bilinear", align_corners=False, antialias=True)
+                resized = F.interpolate(array[None].float(), size, mode=IMAGE_MODE, align_corners=False, antialias=True)
             else:
-                resized = F.interpolate(array[None].float(), size, mode="nearest-exact")
+                resized = F.interpolate(array[None].float(), size, mode=LABEL_MODE)
             out[key] = resized[0].to(array.dtype)
         return out
 
