@@ -1,15 +1,22 @@
-"""On/off config keys given on the command line.
+"""On/off and optional config keys given on the command line.
 
 ``python -m monai.bundle run ... --resume false`` hands the config the *string* ``'false'``
 (python-fire parses only ``True`` / ``False`` as booleans), and a non-empty string is true, so
 ``--resume false`` would resume. Configs pass their switches through :func:`as_flag`.
+
+``--augmentation None`` does not reach the config at all (``monai.bundle run`` drops ``None``
+overrides), so a user who wants the official default back writes ``--augmentation null``, and
+the config receives the string ``'null'``. Mapping-valued keys go through :func:`as_mapping`.
 """
 
 from __future__ import annotations
 
-__all__ = ["as_flag"]
+from collections.abc import Mapping
+
+__all__ = ["as_flag", "as_mapping"]
 
 _TRUE, _FALSE = ("true", "yes", "on", "1"), ("false", "no", "off", "0")
+_NULL = ("null", "none", "official")
 
 
 def as_flag(value: object, key: str) -> bool:
@@ -22,3 +29,13 @@ def as_flag(value: object, key: str) -> bool:
     if text in _FALSE:
         return False
     raise ValueError(f"{key} must be true or false, got {value!r}.")
+
+
+def as_mapping(value: object, key: str) -> Mapping | None:
+    """``value`` of config key ``key`` as a mapping, or None (the official default) for None,
+    an empty mapping or the strings null / none / official (any case)."""
+    if value is None or isinstance(value, Mapping):
+        return value or None
+    if isinstance(value, str) and value.strip().lower() in _NULL:
+        return None
+    raise ValueError(f"{key} must be a mapping or null, got {value!r}.")

@@ -18,6 +18,7 @@ from bundle.transforms import (
     INFERENCE_KEYS,
     SAMPLE_KEYS,
     RandOfficialCascaded,
+    RandPromptModed,
     ShortSideInterpolated,
     ShortSideResized,
     inference_transforms,
@@ -25,6 +26,7 @@ from bundle.transforms import (
     train_transforms,
     val_transforms,
 )
+from bundle.transforms.prompt_mode import MODE_PROBABILITIES
 
 DEMO = Path(__file__).resolve().parents[1] / "data" / "demo"
 SIZE = 64
@@ -312,5 +314,14 @@ def test_augmentation_null_from_the_command_line_is_the_official_cascade(registr
         chain = train_transforms(SIZE, registry, augmentation=value)
         cascade = next(t for t in chain.transforms if isinstance(t, RandOfficialCascaded))
         assert cascade.weights == {"flip": 0.5, "rotate": 0.25, "zoom": 0.125, "none": 0.125}
-    with pytest.raises(ValueError, match="augmentation must be a mapping of cascade settings or null, got 'zoomy'"):
+    with pytest.raises(ValueError, match="augmentation must be a mapping or null, got 'zoomy'"):
         train_transforms(SIZE, registry, augmentation="zoomy")
+
+
+def test_mode_probabilities_null_from_the_command_line_is_the_official_draw(registry):
+    for value in (None, "null", "official"):
+        chain = train_transforms(SIZE, registry, mode_probabilities=value)
+        mode = next(t for t in chain.transforms if isinstance(t, RandPromptModed))
+        assert mode.probabilities == MODE_PROBABILITIES
+    with pytest.raises(ValueError, match="mode_probabilities must be a mapping or null, got 'whole'"):
+        train_transforms(SIZE, registry, mode_probabilities="whole")

@@ -20,6 +20,7 @@ from pathlib import Path
 from monai.transforms import Compose, EnsureTyped, Lambdad, SelectItemsd
 
 from bundle.data.registry import DatasetRegistry, as_registry
+from bundle.flags import as_mapping
 from bundle.prompts import DEFAULT_VOCABULARY, PromptVocabulary
 from bundle.transforms.cascade import RandOfficialCascaded
 from bundle.transforms.geometry import ShortSideInterpolated, random_translation, resize_to_square
@@ -62,22 +63,20 @@ def train_transforms(
     Args:
         image_size: output side S.
         registry: dataset declarations (mask values, prompt vocabulary).
-        mode_probabilities: task -> {input mode: probability}; None for the official
-            ``MODE_PROBABILITIES``.
+        mode_probabilities: task -> {input mode: probability}; None (or ``"null"``, see
+            ``bundle.flags.as_mapping``) for the official ``MODE_PROBABILITIES``.
         gain_contrast: add random gamma and gain after the geometry
             (``gain_contrast_augmentation``); False is the official recipe.
         translate: with a value above 0, shift image and label by up to that fraction of S
             after the crop (``random_translation``); 0 is the official recipe.
         augmentation: keyword arguments of ``RandOfficialCascaded`` (``weights`` of the
             flip / rotate / zoom / none branches, ``zoom`` range, ``max_angle_deg``); None, empty
-            or ``"null"`` (what ``--augmentation null`` passes: ``monai.bundle run`` drops a
-            ``None`` override) is the official cascade.
+            or ``"null"`` (what ``--augmentation null`` passes, ``bundle.flags.as_mapping``) is
+            the official cascade.
     """
     registry = as_registry(registry)
-    if isinstance(augmentation, str):
-        if augmentation.strip().lower() not in ("null", "none", "official"):
-            raise ValueError(f"augmentation must be a mapping of cascade settings or null, got {augmentation!r}.")
-        augmentation = None
+    mode_probabilities = as_mapping(mode_probabilities, "mode_probabilities")
+    augmentation = as_mapping(augmentation, "augmentation")
     shift = [random_translation(SPATIAL_KEYS, image_size, translate)] if translate else []
     intensity = [gain_contrast_augmentation("image")] if gain_contrast else []
     return Compose(
