@@ -71,6 +71,16 @@ def test_task_masked_loss_plain_dice_is_per_image_with_plain_denominators():
     assert abs(float(plain - TaskMaskedLoss(cls_weight=0.0)((seg, torch.zeros(2, 2)), target))) > 1e-3
 
 
+def test_task_masked_loss_without_background_dice_takes_the_object_dice_alone():
+    """dice_background=False: the Dice term is the foreground channel's only; the CE keeps both."""
+    seg, label, target, probs, onehot = two_segmentation_samples(seed=3, foreground_above=0.8)
+    overlap, sizes = (probs * onehot).sum((2, 3)), probs.sum((2, 3)) + onehot.sum((2, 3))
+    foreground_dice = (1 - (2 * overlap[:, 1] + 1e-5) / (sizes[:, 1] + 1e-5)).mean()
+    ce = torch.nn.functional.cross_entropy(seg, label[:, 0])
+    loss = TaskMaskedLoss(ce_weight=0.2, dice_weight=0.8, cls_weight=0.0, official_dice=False, dice_background=False)
+    torch.testing.assert_close(loss((seg, torch.zeros(2, 2)), target), 0.2 * ce + 0.8 * foreground_dice)
+
+
 def test_metrics_report_per_dataset_dice_excluding_empty_truth_and_cls_auc():
     metric = MultiTaskMetrics()
     target = mixed_batch_targets()

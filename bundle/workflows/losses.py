@@ -28,13 +28,22 @@ class TaskMaskedLoss(nn.Module):
         dice_weight: weight of the segmentation Dice loss.
         cls_weight: weight of the classification cross-entropy.
         official_dice: the official squared, batch-pooled Dice (else plain, per image).
+        dice_background: include the background channel in the Dice (official). Its Dice is
+            near 1 on every ultrasound image, so it halves the weight of the object's Dice
+            against the cross-entropy, which favours background on small objects.
     """
 
     def __init__(
-        self, ce_weight: float = 0.4, dice_weight: float = 0.6, cls_weight: float = 1.0, official_dice: bool = True
+        self,
+        ce_weight: float = 0.4,
+        dice_weight: float = 0.6,
+        cls_weight: float = 1.0,
+        official_dice: bool = True,
+        dice_background: bool = True,
     ) -> None:
         super().__init__()
         self.seg_loss = DiceCELoss(
+            include_background=dice_background,
             to_onehot_y=True,
             softmax=True,
             squared_pred=official_dice,
