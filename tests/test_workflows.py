@@ -99,6 +99,22 @@ def test_cpu_setting_trains_with_its_augmentation():
             assert cascade.zoom == (0.8, 1.2) and not gamma
 
 
+@pytest.mark.parametrize(
+    "files, overrides, expected",
+    [
+        (["pretrain.yaml"], {}, (0.4, 0.6, True)),  # official
+        (["pretrain.yaml"], {"dice_background": "false"}, (0.4, 0.6, False)),  # as the command line passes it
+        (["pretrain.yaml", "cpu.yaml"], {}, (0.2, 0.8, False)),
+    ],
+)
+def test_loss_weights_and_background_dice_reach_the_loss(files, overrides, expected):
+    parser = ConfigParser()
+    parser.read_config([str(REPO_ROOT / "configs" / f) for f in files])
+    parser.update({"bundle_root": str(REPO_ROOT), **overrides})
+    seg_loss = parser.get_parsed_content("loss").seg_loss
+    assert (seg_loss.lambda_ce, seg_loss.lambda_dice, seg_loss.dice.include_background) == expected
+
+
 def test_evaluate_writes_metric_tables_and_overlays(pretrained, workdir, datalist):
     eval_dir = workdir / "eval"
     run_bundle("evaluate", overrides={"datalist": datalist, "ckpt_path": pretrained, "eval_dir": eval_dir})
