@@ -28,9 +28,9 @@ class TaskMaskedLoss(nn.Module):
         dice_weight: weight of the segmentation Dice loss.
         cls_weight: weight of the classification cross-entropy.
         official_dice: the official squared, batch-pooled Dice (else plain, per image).
-        dice_background: include the background channel in the Dice (official). Its Dice is
-            near 1 on every ultrasound image, so it halves the weight of the object's Dice
-            against the cross-entropy, which favours background on small objects.
+        dice_background: include the background channel in the Dice (official). Where the
+            object is small its background Dice stays near 1, so the object's Dice gets half of
+            the Dice weight against the cross-entropy, which favours background on small objects.
     """
 
     def __init__(
