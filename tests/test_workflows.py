@@ -80,14 +80,20 @@ def test_pretrain_with_the_cpu_setting_runs_its_recipe(workdir, datalist):
     assert not all(torch.equal(best[k], last[k]) for k in last)
 
 
+def parsed(files: list[str], item: str, **overrides) -> object:
+    """Config item ``item`` of ``configs/<files>`` (later files win) with ``overrides``, in process."""
+    parser = ConfigParser()
+    parser.read_config([str(REPO_ROOT / "configs" / f) for f in files])
+    parser.update({"bundle_root": str(REPO_ROOT), **overrides})
+    return parser.get_parsed_content(item)
+
+
 def test_cpu_setting_trains_with_its_augmentation():
     """cpu.yaml's gamma / gain and zoom-heavy cascade reach the training chain (pretrain.yaml alone: official)."""
-    chains = {}
-    for name, files in {"official": ["pretrain.yaml"], "cpu": ["pretrain.yaml", "cpu.yaml"]}.items():
-        parser = ConfigParser()
-        parser.read_config([str(REPO_ROOT / "configs" / f) for f in files])
-        parser["bundle_root"] = str(REPO_ROOT)
-        chains[name] = parser.get_parsed_content("train#preprocessing")
+    chains = {
+        name: parsed(files, "train#preprocessing")
+        for name, files in {"official": ["pretrain.yaml"], "cpu": ["pretrain.yaml", "cpu.yaml"]}.items()
+    }
     for name, chain in chains.items():
         cascade = next(t for t in chain.transforms if isinstance(t, RandOfficialCascaded))
         gamma = [t for t in chain.transforms if isinstance(t, Compose) and isinstance(t.transforms[0], RandAdjustContrastd)]
@@ -108,10 +114,7 @@ def test_cpu_setting_trains_with_its_augmentation():
     ],
 )
 def test_loss_weights_and_background_dice_reach_the_loss(files, overrides, expected):
-    parser = ConfigParser()
-    parser.read_config([str(REPO_ROOT / "configs" / f) for f in files])
-    parser.update({"bundle_root": str(REPO_ROOT), **overrides})
-    seg_loss = parser.get_parsed_content("loss").seg_loss
+    seg_loss = parsed(files, "loss", **overrides).seg_loss
     assert (seg_loss.lambda_ce, seg_loss.lambda_dice, seg_loss.dice.include_background) == expected
 
 
