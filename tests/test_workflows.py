@@ -78,6 +78,10 @@ def test_pretrain_with_the_cpu_setting_runs_its_recipe(workdir, datalist):
     assert weights.keys() == last.keys() and all(torch.equal(weights[k], last[k]) for k in last)
     best = torch.load(ckpt_dir / "model_best.pt", weights_only=True)
     assert not all(torch.equal(best[k], last[k]) for k in last)
+    # the demo evaluates with cpu.yaml on top of evaluate.yaml, which has no training keys
+    eval_dir = workdir / "cpu_eval"
+    run_bundle("evaluate", "cpu", overrides={"datalist": datalist, "ckpt_path": ckpt_dir / "model.pt", "eval_dir": eval_dir})
+    assert "**mean**" in (eval_dir / "metrics.md").read_text()
 
 
 def parsed(files: list[str], item: str, **overrides) -> object:
