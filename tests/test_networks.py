@@ -199,6 +199,8 @@ def test_invalid_configuration_is_rejected():
         PerceptGuide(**TINY, seg_head="upsample")
     with pytest.raises(ValueError, match="power of 2"):
         PerceptGuide(**TINY, patch_size=3, patch_embed="conv")
+    with pytest.raises(ValueError, match="stem_norm"):
+        PerceptGuide(**TINY, patch_embed="conv", stem_norm="group")
 
 
 @pytest.mark.parametrize("patch_embed, seg_head", [("conv", "linear"), ("linear", "conv"), ("conv", "conv")])
@@ -215,6 +217,21 @@ def test_convolution_options_keep_the_interface(patch_embed, seg_head):
         {"seg_decoder.out"} if seg_head == "conv" else set()
     )
     assert changed == expected
+
+
+def test_instance_norm_stem_ignores_the_image_gain_and_the_rest_of_the_batch():
+    batch_stem = tiny_net(patch_embed="conv").patch_embed.eval()
+    instance_stem = tiny_net(patch_embed="conv", stem_norm="instance").patch_embed.train()
+    image = torch.rand(2, 3, 64, 64)
+    with torch.no_grad():
+        tokens = instance_stem(image)
+        # a darker scan gives the same tokens (up to the norms' epsilon): each image is normalised
+        # by its own statistics, where the batch norm's running statistics pass the gain on
+        torch.testing.assert_close(instance_stem(0.4 * image), tokens, atol=5e-3, rtol=0)
+        # and training mode uses no batch statistics: one image alone gives its tokens in the batch
+        torch.testing.assert_close(instance_stem(image[:1]), tokens[:1], atol=1e-5, rtol=0)
+        assert (batch_stem(0.4 * image) - batch_stem(image)).abs().max() > 0.1
+    assert not any("running" in key for key in instance_stem.state_dict())
 
 
 def test_checkpoint_of_other_stem_is_refused_naming_the_file(tmp_path):

@@ -19,11 +19,13 @@ import torch
 from monai.networks.blocks import Convolution
 from torch import nn
 
-__all__ = ["ConvPatchEmbedding", "ConvSegmentationHead"]
+__all__ = ["ConvPatchEmbedding", "ConvSegmentationHead", "STEM_NORMS"]
+
+STEM_NORMS = ("batch", "instance")
 
 
 class ConvPatchEmbedding(nn.Module):
-    """Stride-2 3×3 convolutions (batch norm, ReLU) down to 1/patch, a 1×1 projection and LayerNorm.
+    """Stride-2 3×3 convolutions (norm, ReLU) down to 1/patch, a 1×1 projection and LayerNorm.
 
     Widths double per convolution and end at ``embed_dim``; the output matches
     :class:`~bundle.networks.swin_blocks.PatchEmbedding` (channels-last tokens).
@@ -32,17 +34,21 @@ class ConvPatchEmbedding(nn.Module):
         patch_size: total stride, a power of 2 (at least 2).
         in_channels: image channels.
         embed_dim: token width C.
+        norm: ``"batch"`` or ``"instance"`` (per image and channel, no running statistics: the
+            stem then sees each image at its own grey level and contrast, as MONAI's ``UNet``).
     """
 
-    def __init__(self, patch_size: int, in_channels: int, embed_dim: int) -> None:
+    def __init__(self, patch_size: int, in_channels: int, embed_dim: int, norm: str = "batch") -> None:
         super().__init__()
         steps = int(math.log2(patch_size))
         if patch_size < 2 or 2**steps != patch_size:
             raise ValueError(f"a convolution stem needs a patch size that is a power of 2, got {patch_size}.")
+        if norm not in STEM_NORMS:
+            raise ValueError(f"stem_norm must be one of {list(STEM_NORMS)}, got '{norm}'.")
         widths = [max(embed_dim // 2 ** (steps - 1 - i), 1) for i in range(steps)]
         layers, channels = [], in_channels
         for width in widths:
-            layers.append(Convolution(2, channels, width, strides=2, kernel_size=3, norm="batch", act="relu"))
+            layers.append(Convolution(2, channels, width, strides=2, kernel_size=3, norm=norm, act="relu"))
             channels = width
         self.convs = nn.Sequential(*layers)
         self.proj = nn.Conv2d(channels, embed_dim, kernel_size=1)

@@ -14,7 +14,7 @@ from monai.networks.layers import trunc_normal_
 from monai.networks.nets.swin_unetr import PatchMergingV2
 from torch import nn
 
-from bundle.networks.conv_parts import ConvPatchEmbedding, ConvSegmentationHead
+from bundle.networks.conv_parts import STEM_NORMS, ConvPatchEmbedding, ConvSegmentationHead
 from bundle.networks.swin_blocks import (
     ChannelHalving,
     PatchEmbedding,
@@ -216,6 +216,9 @@ class PerceptGuide(nn.Module):
             Only changes the initial values; checkpoints load either way.
         patch_embed: ``"linear"`` (official: one strided projection of each patch) or ``"conv"``
             (:class:`~bundle.networks.conv_parts.ConvPatchEmbedding`, stride-2 3×3 convolutions).
+        stem_norm: normalisation in the convolution stem, ``"batch"`` or ``"instance"`` (per
+            image: no running statistics, so unseen grey levels and contrasts are normalised
+            away); only used with ``patch_embed="conv"``.
         seg_head: ``"linear"`` (official: each final token projected to a patch of logits) or
             ``"conv"`` (:class:`~bundle.networks.conv_parts.ConvSegmentationHead`, a 3×3
             convolution over the expanded features and the image at full resolution). The conv
@@ -254,12 +257,14 @@ class PerceptGuide(nn.Module):
         prompt_init: str = "official",
         patch_embed: str = "linear",
         seg_head: str = "linear",
+        stem_norm: str = "batch",
     ) -> None:
         super().__init__()
         for name, value, allowed in (
             ("prompt_init", prompt_init, PROMPT_INITS),
             ("patch_embed", patch_embed, PATCH_EMBEDDINGS),
             ("seg_head", seg_head, SEG_HEADS),
+            ("stem_norm", stem_norm, STEM_NORMS),
         ):
             if value not in allowed:
                 raise ValueError(f"{name} must be one of {list(allowed)}, got '{value}'.")
@@ -292,8 +297,11 @@ class PerceptGuide(nn.Module):
             "attention_impl": attention_impl,
             "use_checkpoint": use_checkpoint,
         }
-        embedding = ConvPatchEmbedding if patch_embed == "conv" else PatchEmbedding
-        self.patch_embed = embedding(patch_size, in_channels, embed_dim)
+        self.patch_embed: nn.Module
+        if patch_embed == "conv":
+            self.patch_embed = ConvPatchEmbedding(patch_size, in_channels, embed_dim, norm=stem_norm)
+        else:
+            self.patch_embed = PatchEmbedding(patch_size, in_channels, embed_dim)
         self.pos_drop = nn.Dropout(drop_rate)
         encoder_rates = _drop_path_rates(encoder_depths, drop_path_rate)
         self.encoder = nn.ModuleList(
