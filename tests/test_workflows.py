@@ -125,7 +125,7 @@ def test_loss_weights_and_background_dice_reach_the_loss(files, overrides, expec
 @pytest.mark.parametrize(
     "overrides, norm", [({}, torch.nn.BatchNorm2d), ({"network_def#stem_norm": "instance"}, torch.nn.InstanceNorm2d)]
 )
-def test_stem_norm_reaches_the_network_of_every_stage(overrides, norm):
+def test_stem_norm_reaches_the_network_of_evaluate_yaml(overrides, norm):
     """The key that session-8 runs K* and L* set: cpu.yaml's conv stem takes it in evaluate.yaml too."""
     stem = parsed(["evaluate.yaml", "cpu.yaml"], "network_def", **overrides).patch_embed
     assert {type(m) for m in stem.modules() if isinstance(m, (torch.nn.BatchNorm2d, torch.nn.InstanceNorm2d))} == {norm}
