@@ -12,6 +12,7 @@ from monai.networks.nets.swin_unetr import window_partition
 from test_networks import PROMPT_NAMES, batch_prompts, golden_net, tiny_net
 
 from bundle.networks.compilation import compile_or_eager
+from bundle.networks import swin_blocks
 from bundle.networks.swin_blocks import PatchExpanding, SwinBlock, window_token_order
 from bundle.prompts import PROMPT_KEYS
 
@@ -44,6 +45,28 @@ def test_seg_head_projection_equals_expand_then_1x1_convolution(scale, classes):
     x = torch.randn(2, 5, 7, 12)
     expected = conv(expand(x).permute(0, 3, 1, 2))
     torch.testing.assert_close(expand.project(x, conv.weight.flatten(1)), expected, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("budget", [1, 700])
+def test_cache_blocks_give_the_numbers_of_one_block(monkeypatch, budget):
+    """MLPs and the seg head run in token blocks (here one token or row each, or a few with a
+    remainder): same outputs in inference and same gradients in training as with each map in one block."""
+    image = torch.rand(2, 3, 128, 96)
+    prompts = batch_prompts(PROMPT_NAMES[:2])
+    with torch.no_grad():
+        whole = tiny_net()(image, prompts)
+    loss_whole, grads_whole = _loss_and_grads(tiny_net(), image, prompts)
+    monkeypatch.setattr(swin_blocks, "CACHE_BLOCK_BYTES", budget)
+    with torch.no_grad():
+        blocked = tiny_net()(image, prompts)
+    loss_blocked, grads_blocked = _loss_and_grads(tiny_net(), image, prompts)
+    for got, expected in zip(blocked, whole):
+        torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(loss_blocked, loss_whole, atol=1e-4, rtol=1e-5)
+    assert grads_blocked.keys() == grads_whole.keys()
+    for name, grad in grads_whole.items():
+        scale = grad.abs().max().clamp_min(1e-6)
+        assert (grads_blocked[name] - grad).abs().max() / scale <= 1e-4, name
 
 
 @pytest.mark.parametrize("variant, bug", [("prompt", False), ("prompt", True), ("plain", False)])

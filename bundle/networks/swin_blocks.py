@@ -18,8 +18,9 @@ values instead of ``3·C``.
 Two computation paths, selected by ``attention_impl``:
 
 - ``"fast"``: the above, ``scaled_dot_product_attention`` on 4-D ``(B·nW, heads, N, d)`` views
-  for unprompted blocks, and windows gathered with one ``index_select`` whose index map (cyclic
-  shift included) is computed once per resolution.
+  for unprompted blocks, windows gathered with one ``index_select`` whose index map (cyclic
+  shift included) is computed once per resolution, and the MLPs and the seg head run over blocks
+  of tokens small enough for their widest intermediate to stay in cache (:func:`in_cache_blocks`).
 - ``"reference"``: the official order of operations (``torch.roll``, window partition, explicit
   ``q W kᵀ`` with the ``d × d`` matrix per head, softmax, window reverse), kept as the
   official-equivalent baseline for tests and benchmarks.
@@ -27,7 +28,7 @@ Two computation paths, selected by ``attention_impl``:
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from functools import lru_cache
 
 import torch
@@ -39,6 +40,25 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 ATTENTION_IMPLS = ("fast", "reference")
+# Token-wise work on large maps runs in blocks whose widest intermediate (the MLP hidden layer,
+# the seg head's expanded sub-pixels) has about this size, so that it stays in cache between the
+# GEMM that writes it and the ops that read it (docs/performance.md, session 9).
+CACHE_BLOCK_BYTES = 2 << 20
+
+
+def in_cache_blocks(
+    fn: Callable[[torch.Tensor], torch.Tensor], tokens: torch.Tensor, bytes_per_token: int
+) -> torch.Tensor:
+    """Apply ``fn`` to blocks of ``tokens`` along dim 0 and concatenate the results along dim 0.
+
+    ``fn`` must treat the entries along dim 0 independently (LayerNorm, Linear, GELU do); the
+    result is then the same as ``fn(tokens)``. ``bytes_per_token`` is the size of ``fn``'s widest
+    intermediate per entry.
+    """
+    step = max(1, CACHE_BLOCK_BYTES // bytes_per_token)
+    if tokens.shape[0] <= step:
+        return fn(tokens)
+    return torch.cat([fn(block) for block in tokens.split(step)])
 
 
 def prompt_slot(key: str) -> str:
@@ -382,7 +402,13 @@ class SwinBlock(nn.Module):
         else:
             attended = self._attend_gathered(self.norm1(x), shift, mask, embedding)
         x = x + self.drop_path(attended)
-        return x + self.drop_path(self.mlp(self.norm2(x)))
+        if self.attn.attention_impl == "reference" or (self.training and isinstance(self.drop_path, DropPath)):
+            return x + self.drop_path(self.mlp(self.norm2(x)))
+        # the MLP is token-wise, so in blocks its 4·C-wide hidden layer stays in cache; stochastic
+        # depth drops whole samples, so with it the map stays in one piece
+        hidden_bytes = self.mlp.linear1.out_features * x.element_size()
+        tokens = x.reshape(-1, x.shape[-1])
+        return in_cache_blocks(lambda t: t + self.mlp(self.norm2(t)), tokens, hidden_bytes).view_as(x)
 
     def _attend_gathered(
         self, x: torch.Tensor, shift: int, mask: torch.Tensor | None, embedding: torch.Tensor | None
@@ -442,8 +468,16 @@ class PatchExpanding(nn.Module):
         Returns:
             (B, K, scale·H, scale·W).
         """
-        pixels = F.linear(self._expanded(x), weight)
-        batch, height, width, s, _, classes = pixels.shape
+        # the expanded sub-pixels (scale² · out_dim per token) are the largest tensor of the
+        # forward: made and consumed in blocks of token rows they stay in cache
+        batch, height, width, channels = x.shape
+        s, classes = self.scale, weight.shape[0]
+        row_bytes = width * s * s * self.norm.normalized_shape[0] * x.element_size()
+        pixels = in_cache_blocks(
+            lambda rows: F.linear(self._expanded(rows.unsqueeze(0)), weight).squeeze(0),
+            x.reshape(batch * height, width, channels),
+            row_bytes,
+        ).view(batch, height, width, s, s, classes)
         return pixels.permute(0, 5, 1, 3, 2, 4).reshape(batch, classes, height * s, width * s)
 
     def _expanded(self, x: torch.Tensor) -> torch.Tensor:
