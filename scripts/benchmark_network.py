@@ -1,39 +1,78 @@
-"""Forward latency of PerceptGuide's fast path against the explicit q·W·kᵀ reference path (issue 4).
+"""Inference latency of PerceptGuide's fast path against its reference path, in one process.
 
-Both networks hold the same weights (embed 96, 224² input); calls alternate between them so
-that a change in machine load hits both alike. Prints the median seconds per forward at each
-batch size and the speed-up (reference / fast). ``scripts/benchmark.py`` is the full table with
-bf16, peers, training and memory.
+Every path holds the same weights (embed 96, 224² input) and the calls alternate between the
+paths, so that a change in machine load hits all alike; the separate subprocesses of
+``scripts/benchmark.py`` (the full table with bf16, peers, training and memory) are noisier for
+ratios of a few per cent. Paths:
+
+- ``official``: the official network code (with ``--official-repo``, as in ``benchmark.py``);
+- ``reference``: ``attention_impl="reference"``, the official order of operations (issue 4);
+- ``fast, one block``: the fast path with every map in one piece (the fast path of session 8);
+- ``fast``: the fast path, MLPs and seg head over cache-sized token blocks (session 9).
 
 Usage::
 
-    python scripts/benchmark_network.py [--batches 1 8] [--repeats 5] [--threads 2]
+    python scripts/benchmark_network.py [--batches 1 8] [--repeats 5] [--threads 2] \\
+        [--official-repo ../PerceptGuide]
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import statistics
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 import torch
-from benchmark import inputs, perceptguide, time_calls
+from benchmark import inputs, official, perceptguide, time_calls
+from torch import nn
 
-IMPLS = ("reference", "fast")
+from bundle.networks import swin_blocks
+
+REFERENCE = "reference"
+ONE_BLOCK = "fast, one block"
+FAST = "fast"
 
 
-def latencies(batch: int, repeats: int, warmup: int) -> dict[str, list[float]]:
+@contextlib.contextmanager
+def cache_block_bytes(budget: int) -> Iterator[None]:
+    """Run the fast path with ``budget`` as :data:`bundle.networks.swin_blocks.CACHE_BLOCK_BYTES`."""
+    saved = swin_blocks.CACHE_BLOCK_BYTES
+    swin_blocks.CACHE_BLOCK_BYTES = budget
+    try:
+        yield
+    finally:
+        swin_blocks.CACHE_BLOCK_BYTES = saved
+
+
+def callers(official_repo: str | None) -> dict[str, Callable[[tuple], object]]:
+    """Path name -> a function that runs that path's network on the forward arguments."""
+    nets = {REFERENCE: perceptguide(train=False, attention_impl="reference").eval()}
+    nets[FAST] = perceptguide(train=False).eval()
+    if official_repo:
+        nets = {"official": official(official_repo, train=False).eval(), **nets}
+    calls = {name: (lambda args, net=net: net(*args)) for name, net in nets.items()}
+
+    def one_block(args: tuple, net: nn.Module = nets[FAST]) -> object:
+        with cache_block_bytes(2**62):
+            return net(*args)
+
+    order = [name for name in calls if name != FAST] + [ONE_BLOCK, FAST]
+    calls[ONE_BLOCK] = one_block
+    return {name: calls[name] for name in order}
+
+
+def latencies(batch: int, repeats: int, warmup: int, official_repo: str | None = None) -> dict[str, list[float]]:
     """Seconds per inference forward of each path at ``batch``, calls interleaved."""
-    nets = {impl: perceptguide(train=False, attention_impl=impl).eval() for impl in IMPLS}
-    nets["fast"].load_state_dict(nets["reference"].state_dict())
+    paths = callers(official_repo)
     args, _, _ = inputs(batch, prompted=True)
-    times: dict[str, list[float]] = {impl: [] for impl in IMPLS}
+    times: dict[str, list[float]] = {name: [] for name in paths}
     with torch.inference_mode():
-        for impl in IMPLS:
-            time_calls(lambda: nets[impl](*args), 0, warmup)
+        for call in paths.values():
+            time_calls(lambda call=call: call(args), 0, warmup)
         for _ in range(repeats):
-            for impl in IMPLS:
-                times[impl] += time_calls(lambda: nets[impl](*args), 1, 0)
+            for name, call in paths.items():
+                times[name] += time_calls(lambda call=call: call(args), 1, 0)
     return times
 
 
@@ -43,14 +82,18 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--official-repo", help="a PerceptGuide checkout or git directory: adds the official path")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
-    print(f"PerceptGuide forward, 224², embed 96, {args.threads} threads, median of {args.repeats}")
-    print("| batch | reference q·W·kᵀ s | fast rank-1 s | speed-up |")
-    print("|---:|---:|---:|---:|")
+    print(f"PerceptGuide inference forward, 224², embed 96, {args.threads} threads, median of {args.repeats}")
+    baseline = "official" if args.official_repo else REFERENCE
+    print(f"| batch | path | median s | speed vs {baseline} |")
+    print("|---:|---|---:|---:|")
     for batch in args.batches:
-        medians = {impl: statistics.median(t) for impl, t in latencies(batch, args.repeats, args.warmup).items()}
-        print(f"| {batch} | {medians['reference']:.3f} | {medians['fast']:.3f} | {medians['reference'] / medians['fast']:.2f}× |")
+        times = latencies(batch, args.repeats, args.warmup, args.official_repo)
+        medians = {name: statistics.median(t) for name, t in times.items()}
+        for name, median in medians.items():
+            print(f"| {batch} | {name} | {median:.3f} | {medians[baseline] / median:.2f}× |")
 
 
 if __name__ == "__main__":

@@ -53,10 +53,12 @@ def in_cache_blocks(
 
     ``fn`` must treat the entries along dim 0 independently (LayerNorm, Linear, GELU do); the
     result is then the same as ``fn(tokens)``. ``bytes_per_token`` is the size of ``fn``'s widest
-    intermediate per entry.
+    intermediate per entry. Under ``torch.compile``, one block.
     """
     step = max(1, CACHE_BLOCK_BYTES // bytes_per_token)
-    if tokens.shape[0] <= step:
+    # under torch.compile the map stays whole: inductor fuses the element-wise ops into its own
+    # kernels, and Python-level blocks would be unrolled into its graph
+    if tokens.shape[0] <= step or torch.compiler.is_compiling():
         return fn(tokens)
     return torch.cat([fn(block) for block in tokens.split(step)])
 

@@ -1,0 +1,39 @@
+"""scripts/benchmark_network.py: its paths run the same weights to the same logits, and it prints one row per path."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+
+import pytest
+import torch
+
+from bundle.networks import swin_blocks
+from conftest import REPO_ROOT
+
+sys.path.insert(0, str(REPO_ROOT / "scripts"))  # the script imports its sibling benchmark.py
+spec = importlib.util.spec_from_file_location("benchmark_network", REPO_ROOT / "scripts" / "benchmark_network.py")
+benchmark_network = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(benchmark_network)
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def test_every_path_gives_the_reference_logits_and_the_block_budget_is_restored():
+    budget = swin_blocks.CACHE_BLOCK_BYTES
+    args, _, _ = benchmark_network.inputs(1, prompted=True)
+    with torch.inference_mode():
+        outputs = {name: call(args) for name, call in benchmark_network.callers(None).items()}
+    assert list(outputs) == [benchmark_network.REFERENCE, benchmark_network.ONE_BLOCK, benchmark_network.FAST]
+    assert swin_blocks.CACHE_BLOCK_BYTES == budget
+    for name, (seg, cls) in outputs.items():
+        expected_seg, expected_cls = outputs[benchmark_network.REFERENCE]
+        assert (seg - expected_seg).abs().max() <= 1e-4, name
+        assert (cls - expected_cls).abs().max() <= 1e-4, name
+
+
+def test_prints_one_row_per_path(capsys: pytest.CaptureFixture) -> None:
+    benchmark_network.main(["--batches", "1", "--repeats", "1", "--warmup", "0", "--threads", "1"])
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| 1 |")]
+    assert [row.split("|")[2].strip() for row in rows] == ["reference", "fast, one block", "fast"]
+    assert rows[0].endswith("| 1.00× |")
