@@ -11,8 +11,8 @@ import torch
 from monai.networks.nets.swin_unetr import window_partition
 from test_networks import PROMPT_NAMES, batch_prompts, golden_net, tiny_net
 
-from bundle.networks.compilation import compile_or_eager
 from bundle.networks import swin_blocks
+from bundle.networks.compilation import compile_or_eager
 from bundle.networks.swin_blocks import PatchExpanding, SwinBlock, window_token_order
 from bundle.prompts import PROMPT_KEYS
 
