@@ -7,8 +7,10 @@ ratios of a few per cent. Paths:
 
 - ``official``: the official network code (with ``--official-repo``, as in ``benchmark.py``);
 - ``reference``: ``attention_impl="reference"``, the official order of operations (issue 4);
-- ``fast, one block``: the fast path with every map in one piece (the fast path of session 8);
-- ``fast``: the fast path, MLPs and seg head over cache-sized token blocks (session 9).
+- ``fast, one block``: the fast path with every map in one piece and MKL linear layers (session 8);
+- ``fast, MKL linear``: MLPs and seg head over cache-sized token blocks, linear layers by
+  ``F.linear`` (session 9);
+- ``fast``: the same with oneDNN's linear layers and fused GELU (session 10, ``bundle.networks.dense``).
 
 Usage::
 
@@ -26,22 +28,23 @@ from collections.abc import Callable, Iterator, Sequence
 import torch
 from benchmark import inputs, official, perceptguide, time_calls
 
-from bundle.networks import swin_blocks
+from bundle.networks import dense, swin_blocks
 
 REFERENCE = "reference"
 ONE_BLOCK = "fast, one block"
+MKL_LINEAR = "fast, MKL linear"
 FAST = "fast"
 
 
 @contextlib.contextmanager
-def cache_block_bytes(budget: int) -> Iterator[None]:
-    """Run the fast path with ``budget`` as :data:`bundle.networks.swin_blocks.CACHE_BLOCK_BYTES`."""
-    saved = swin_blocks.CACHE_BLOCK_BYTES
-    swin_blocks.CACHE_BLOCK_BYTES = budget
+def patched(module: object, attribute: str, value: object) -> Iterator[None]:
+    """Run with ``module.attribute`` set to ``value`` (a switch of the fast path), then restore it."""
+    saved = getattr(module, attribute)
+    setattr(module, attribute, value)
     try:
         yield
     finally:
-        swin_blocks.CACHE_BLOCK_BYTES = saved
+        setattr(module, attribute, saved)
 
 
 def callers(official_repo: str | None) -> dict[str, Callable[[tuple], object]]:
@@ -51,11 +54,15 @@ def callers(official_repo: str | None) -> dict[str, Callable[[tuple], object]]:
     fast = perceptguide(train=False).eval()
 
     def one_block(args: tuple) -> object:
-        with cache_block_bytes(2**62):
+        with patched(swin_blocks, "CACHE_BLOCK_BYTES", 2**62), patched(dense, "_ONEDNN", False):
+            return fast(*args)
+
+    def mkl_linear(args: tuple) -> object:
+        with patched(dense, "_ONEDNN", False):
             return fast(*args)
 
     plain = {name: (lambda args, net=net: net(*args)) for name, net in nets.items()}
-    return {**plain, ONE_BLOCK: one_block, FAST: lambda args: fast(*args)}
+    return {**plain, ONE_BLOCK: one_block, MKL_LINEAR: mkl_linear, FAST: lambda args: fast(*args)}
 
 
 def latencies(batch: int, repeats: int, warmup: int, official_repo: str | None = None) -> dict[str, list[float]]:

@@ -8,7 +8,7 @@ import sys
 import pytest
 import torch
 
-from bundle.networks import swin_blocks
+from bundle.networks import dense, swin_blocks
 from conftest import REPO_ROOT
 
 sys.path.insert(0, str(REPO_ROOT / "scripts"))  # the script imports its sibling benchmark.py
@@ -19,13 +19,18 @@ spec.loader.exec_module(benchmark_network)
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-def test_every_path_gives_the_reference_logits_and_the_block_budget_is_restored():
-    budget = swin_blocks.CACHE_BLOCK_BYTES
+def test_every_path_gives_the_reference_logits_and_the_switches_are_restored():
+    budget, onednn = swin_blocks.CACHE_BLOCK_BYTES, dense._ONEDNN
     args, _, _ = benchmark_network.inputs(1, prompted=True)
     with torch.inference_mode():
         outputs = {name: call(args) for name, call in benchmark_network.callers(None).items()}
-    assert list(outputs) == [benchmark_network.REFERENCE, benchmark_network.ONE_BLOCK, benchmark_network.FAST]
-    assert swin_blocks.CACHE_BLOCK_BYTES == budget
+    assert list(outputs) == [
+        benchmark_network.REFERENCE,
+        benchmark_network.ONE_BLOCK,
+        benchmark_network.MKL_LINEAR,
+        benchmark_network.FAST,
+    ]
+    assert (swin_blocks.CACHE_BLOCK_BYTES, dense._ONEDNN) == (budget, onednn)
     for name, (seg, cls) in outputs.items():
         expected_seg, expected_cls = outputs[benchmark_network.REFERENCE]
         assert (seg - expected_seg).abs().max() <= 1e-4, name
@@ -35,5 +40,5 @@ def test_every_path_gives_the_reference_logits_and_the_block_budget_is_restored(
 def test_prints_one_row_per_path(capsys: pytest.CaptureFixture) -> None:
     benchmark_network.main(["--batches", "1", "--repeats", "1", "--warmup", "0", "--threads", "1"])
     rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| 1 |")]
-    assert [row.split("|")[2].strip() for row in rows] == ["reference", "fast, one block", "fast"]
+    assert [row.split("|")[2].strip() for row in rows] == ["reference", "fast, one block", "fast, MKL linear", "fast"]
     assert rows[0].endswith("| 1.00× |")

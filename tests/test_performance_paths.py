@@ -1,5 +1,5 @@
 """Performance paths of the network give the reference numbers: fused attention, index-map windows,
-fused seg head, activation checkpointing, bf16 autocast (as ``PromptInferer`` applies it),
+fused seg head, oneDNN linear layers without autograd, activation checkpointing, bf16 autocast (as ``PromptInferer`` applies it),
 torch.compile fallback. No timings here: scripts/benchmark.py measures speed."""
 
 from __future__ import annotations
@@ -8,10 +8,11 @@ import logging
 
 import pytest
 import torch
+import torch.nn.functional as F
 from monai.networks.nets.swin_unetr import window_partition
 from test_networks import PROMPT_NAMES, batch_prompts, golden_net, tiny_net
 
-from bundle.networks import swin_blocks
+from bundle.networks import dense, swin_blocks
 from bundle.networks.compilation import compile_or_eager
 from bundle.networks.swin_blocks import PatchExpanding, SwinBlock, window_token_order
 from bundle.prompts import PROMPT_KEYS
@@ -45,6 +46,45 @@ def test_seg_head_projection_equals_expand_then_1x1_convolution(scale, classes):
     x = torch.randn(2, 5, 7, 12)
     expected = conv(expand(x).permute(0, 3, 1, 2))
     torch.testing.assert_close(expand.project(x, conv.weight.flatten(1)), expected, atol=1e-5, rtol=1e-5)
+
+
+def _ran_onednn(fn) -> bool:
+    """Whether ``fn()`` called oneDNN's pointwise linear operator."""
+    with torch.profiler.profile() as profile:
+        fn()
+    return any(event.name == "mkldnn::_linear_pointwise" for event in profile.events())
+
+
+@pytest.mark.skipif(not dense.onednn_linear_available(), reason="this PyTorch build has no oneDNN linear")
+@pytest.mark.parametrize("bias, gelu", [(True, False), (False, False), (True, True)])
+def test_onednn_linear_serves_forwards_without_autograd_with_the_numbers_of_f_linear(bias, gelu):
+    torch.manual_seed(0)
+    x, weight = torch.randn(3, 50, 24), torch.randn(96, 24)
+    bias_vector = torch.randn(96) if bias else None
+    expected = F.linear(x, weight, bias_vector)
+    expected = F.gelu(expected) if gelu else expected
+    with torch.no_grad():
+        assert _ran_onednn(lambda: dense.linear(x, weight, bias_vector, gelu=gelu))
+        torch.testing.assert_close(dense.linear(x, weight, bias_vector, gelu=gelu), expected, atol=1e-5, rtol=1e-5)
+    # the operator has no backward: with autograd the same call is F.linear's
+    weight.requires_grad_(True)
+    assert not _ran_onednn(lambda: dense.linear(x, weight, bias_vector, gelu=gelu).sum().backward())
+    assert weight.grad is not None
+
+
+@pytest.mark.skipif(not dense.onednn_linear_available(), reason="this PyTorch build has no oneDNN linear")
+def test_fast_path_without_autograd_runs_onednn_and_keeps_its_numbers(monkeypatch):
+    image = torch.rand(2, 3, 128, 96)
+    prompts = batch_prompts(PROMPT_NAMES[:2])
+    net = tiny_net().eval()
+    with torch.inference_mode():
+        assert _ran_onednn(lambda: net(image, prompts))
+        fast = net(image, prompts)
+        monkeypatch.setattr(dense, "_ONEDNN", False)
+        assert not _ran_onednn(lambda: net(image, prompts))
+        plain = net(image, prompts)
+    for got, expected in zip(fast, plain):
+        torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
 
 
 @pytest.mark.parametrize("budget", [1, 700])

@@ -39,6 +39,8 @@ from monai.networks.nets.swin_unetr import compute_mask, window_partition, windo
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from bundle.networks import dense
+
 ATTENTION_IMPLS = ("fast", "reference")
 # Token-wise work on large maps runs in blocks whose widest intermediate (the MLP hidden layer,
 # the seg head's expanded sub-pixels) has about this size, so that it stays in cache between the
@@ -239,17 +241,19 @@ class WindowAttention(nn.Module):
             raise ValueError("this attention block is prompted but no prompt embedding was given.")
         if self.attention_impl == "reference":
             out = self._reference(windows, batch, shift_mask, prompt_embedding if prompted else None)
-        elif prompted:
+            return self.proj_drop(self.proj(out))
+        if prompted:
             out = self._rank_one(windows, batch, shift_mask, prompt_embedding)
         else:
             out = self._fused(windows, batch, shift_mask)
-        return self.proj_drop(self.proj(out))
+        return self.proj_drop(dense.linear(out, self.proj.weight, self.proj.bias))
 
     def _fused(self, windows: torch.Tensor, batch: int, shift_mask: torch.Tensor | None) -> torch.Tensor:
         """Plain window attention on 4-D (B·nW, heads, N, d) views of the projection: (B·nW, N, C)."""
         total, n, channels = windows.shape
         heads = self.num_heads
-        q, k, v = self.qkv(windows).view(total, n, 3, heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
+        qkv = dense.linear(windows, self.qkv.weight, self.qkv.bias)
+        q, k, v = qkv.view(total, n, 3, heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
         additive = self._additive(shift_mask)
         if torch.is_grad_enabled() and additive.requires_grad:
             # Training: the CPU flash kernel gives no gradient for the mask (the learnt bias) and
@@ -300,7 +304,7 @@ class WindowAttention(nn.Module):
                 bias = torch.cat([bias_qa.expand(batch, -1), (b * bias_k).sum(-1)], dim=1)  # (B, 2·heads)
                 projected = torch.baddbmm(bias.unsqueeze(1), tokens, weight)
             q_a, k_b = projected.view(batch, num_windows, n, 2, heads).unbind(3)
-        value = F.linear(tokens, weight_v.reshape(channels, channels), None if bias_v is None else bias_v.reshape(-1))
+        value = dense.linear(tokens, weight_v.reshape(channels, channels), None if bias_v is None else bias_v.reshape(-1))
 
         q_a = q_a.permute(0, 1, 3, 2).unsqueeze(-1)  # (B, nW, heads, N, 1)
         k_b = k_b.permute(0, 1, 3, 2).unsqueeze(-2)  # (B, nW, heads, 1, N)
@@ -410,7 +414,7 @@ class SwinBlock(nn.Module):
         # depth drops whole samples, so with it the map stays in one piece
         hidden_bytes = self.mlp.linear1.out_features * x.element_size()
         tokens = x.reshape(-1, x.shape[-1])
-        return in_cache_blocks(lambda t: t + self.mlp(self.norm2(t)), tokens, hidden_bytes).view_as(x)
+        return in_cache_blocks(lambda t: t + dense.mlp(self.mlp, self.norm2(t)), tokens, hidden_bytes).view_as(x)
 
     def _attend_gathered(
         self, x: torch.Tensor, shift: int, mask: torch.Tensor | None, embedding: torch.Tensor | None
@@ -476,20 +480,22 @@ class PatchExpanding(nn.Module):
         s, classes = self.scale, weight.shape[0]
         row_bytes = width * s * s * self.norm.normalized_shape[0] * x.element_size()
         pixels = in_cache_blocks(
-            lambda rows: F.linear(self._expanded(rows.unsqueeze(0)), weight).squeeze(0),
+            lambda rows: dense.linear(self._expanded(rows.unsqueeze(0), fast=True), weight).squeeze(0),
             x.reshape(batch * height, width, channels),
             row_bytes,
         ).view(batch, height, width, s, s, classes)
         return pixels.permute(0, 5, 1, 3, 2, 4).reshape(batch, classes, height * s, width * s)
 
-    def _expanded(self, x: torch.Tensor) -> torch.Tensor:
+    def _expanded(self, x: torch.Tensor, fast: bool = False) -> torch.Tensor:
         """(B, H, W, C) -> normalised sub-pixels (B, H, W, scale, scale, out_dim).
 
         The Linear's channel order is (p1 p2 c), as official; LayerNorm acts per output pixel, so
-        it runs before the depth-to-space and gives the same numbers.
+        it runs before the depth-to-space and gives the same numbers. ``fast`` runs the Linear
+        through :func:`bundle.networks.dense.linear`.
         """
         batch, height, width, _ = x.shape
-        return self.norm(self.expand(x).view(batch, height, width, self.scale, self.scale, -1))
+        expanded = dense.linear(x, self.expand.weight) if fast else self.expand(x)
+        return self.norm(expanded.view(batch, height, width, self.scale, self.scale, -1))
 
 
 class ChannelHalving(nn.Module):
