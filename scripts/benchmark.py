@@ -5,7 +5,8 @@ RSS is its own, and prints one table with the ratios to the reference path (issu
 
 - paths: ``official`` (the official PerceptGuide network code itself, run from a checkout or git
   directory given by ``--official-repo``, with the same weights; see ``official_network.py``;
-  with it the table also gives the ratios to ``official``),
+  with it the table also gives the ratios to ``official``), ``official-bf16`` (the same under
+  the bf16 autocast of the ``bf16`` path, its baseline),
   ``reference`` (``attention_impl="reference"``, the official order of operations),
   ``fast`` (fp32), ``bf16`` (``fast`` under ``torch.autocast(bfloat16)`` as ``PromptInferer``
   applies it; only where the CPU has native bf16, or with ``--force-bf16``), ``compiled`` (``torch.compile`` of ``fast``, with ``--compile``),
@@ -113,6 +114,7 @@ def swin_unetr(feature_size: int) -> nn.Module:
 
 
 OFFICIAL = "official"  # the path of --official-repo, not in PATHS: it needs the official code
+OFFICIAL_BF16 = "official-bf16"  # the official code under the same bf16 autocast as the bf16 path
 PATHS = {
     "reference": Variant(lambda train: perceptguide(train, attention_impl="reference")),
     "fast": Variant(lambda train: perceptguide(train)),
@@ -128,7 +130,8 @@ def variants(official_repo: str | None) -> dict[str, Variant]:
     """:data:`PATHS`, led by the official path when its code is given."""
     if official_repo is None:
         return PATHS
-    return {OFFICIAL: Variant(functools.partial(official, official_repo)), **PATHS}
+    official_code = functools.partial(official, official_repo)
+    return {OFFICIAL: Variant(official_code), OFFICIAL_BF16: Variant(official_code, bf16=True), **PATHS}
 
 
 @dataclass
@@ -271,7 +274,8 @@ def selected_paths(args: argparse.Namespace) -> dict[str, str]:
 
     skipped = {}
     if not (cpu_supports_bf16() or args.force_bf16):
-        skipped["bf16"] = "skipped: this CPU lacks native bf16 (avx512_bf16 / amx_bf16); --force-bf16 runs it"
+        for path in ("bf16", OFFICIAL_BF16):
+            skipped[path] = "skipped: this CPU lacks native bf16 (avx512_bf16 / amx_bf16); --force-bf16 runs it"
     if not args.compile:
         skipped["compiled"] = "skipped: --compile runs it (compilation takes minutes)"
     return {path: skipped.get(path, "") for path in args.paths}
@@ -354,7 +358,10 @@ def plot(measurements: list[Measurement], path: Path, title: str) -> None:
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument(
-        "--paths", nargs="+", choices=[OFFICIAL, *PATHS], help="default: all (official only with --official-repo)"
+        "--paths",
+        nargs="+",
+        choices=[OFFICIAL, OFFICIAL_BF16, *PATHS],
+        help="default: all (the official ones only with --official-repo)",
     )
     parser.add_argument("--workloads", nargs="+", default=list(WORKLOADS), choices=list(WORKLOADS))
     parser.add_argument("--repeats", type=int, default=5, help="timed calls per pair and round")
@@ -379,8 +386,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.paths is None:
         args.paths = list(variants(args.official_repo))
-    if OFFICIAL in args.paths and not args.official_repo:
-        parser.error(f"path '{OFFICIAL}' needs --official-repo (a PerceptGuide checkout or git directory)")
+    for path in (OFFICIAL, OFFICIAL_BF16):
+        if path in args.paths and not args.official_repo:
+            parser.error(f"path '{path}' needs --official-repo (a PerceptGuide checkout or git directory)")
     if args.official_repo:
         args.official_repo = str(Path(args.official_repo).expanduser().resolve())  # workers and records alike
     return args

@@ -1,4 +1,4 @@
-"""Inference latency of PerceptGuide's fast path against its reference path, in one process.
+"""Inference latency (or training-step time) of PerceptGuide's fast path against its reference, in one process.
 
 Every path holds the same weights (embed 96, 224² input) and the calls alternate between the
 paths, so that a change in machine load hits all alike; the separate subprocesses of
@@ -12,10 +12,16 @@ ratios of a few per cent. Paths:
   ``F.linear`` (session 9);
 - ``fast``: the same with oneDNN's linear layers and fused GELU (session 10, ``bundle.networks.dense``).
 
+With ``--bf16`` every path runs under CPU bf16 autocast, as ``PromptInferer`` applies it (the
+fast path's oneDNN switch then has nothing to do: autocast takes ``F.linear``). With ``--train``
+it times one Adam step instead (cross-entropy on both heads, the paper's drop
+path 0.2, as ``benchmark.py``'s ``train-b8``) of the official, reference and fast paths; the fast
+path's inference switches do not apply there.
+
 Usage::
 
     python scripts/benchmark_network.py [--batches 1 8] [--repeats 5] [--threads 2] \\
-        [--official-repo ../PerceptGuide]
+        [--official-repo ../PerceptGuide] [--train] [--bf16]
 """
 
 from __future__ import annotations
@@ -26,7 +32,7 @@ import statistics
 from collections.abc import Callable, Iterator, Sequence
 
 import torch
-from benchmark import inputs, official, perceptguide, time_calls
+from benchmark import inputs, loss_of, official, perceptguide, time_calls
 
 from bundle.networks import dense, swin_blocks
 
@@ -65,17 +71,48 @@ def callers(official_repo: str | None) -> dict[str, Callable[[tuple], object]]:
     return {**plain, ONE_BLOCK: one_block, MKL_LINEAR: mkl_linear, FAST: lambda args: fast(*args)}
 
 
-def latencies(batch: int, repeats: int, warmup: int, official_repo: str | None = None) -> dict[str, list[float]]:
-    """Seconds per inference forward of each path at ``batch``, calls interleaved."""
-    paths = callers(official_repo)
-    args, _, _ = inputs(batch, prompted=True)
+def training_steps(official_repo: str | None) -> dict[str, Callable[[tuple, torch.Tensor, torch.Tensor], None]]:
+    """Path name -> one Adam step of that path's network (training mode) on arguments and labels."""
+    nets = {"official": official(official_repo, train=True)} if official_repo else {}
+    nets[REFERENCE] = perceptguide(train=True, attention_impl="reference")
+    nets[FAST] = perceptguide(train=True)
+
+    def stepper(net: torch.nn.Module) -> Callable[[tuple, torch.Tensor, torch.Tensor], None]:
+        net.train()
+        optimizer = torch.optim.Adam(net.parameters(), lr=1e-4)
+
+        def step(args: tuple, seg_label: torch.Tensor, cls_label: torch.Tensor) -> None:
+            optimizer.zero_grad(set_to_none=True)
+            loss_of(net(*args), seg_label, cls_label).backward()
+            optimizer.step()
+
+        return step
+
+    return {name: stepper(net) for name, net in nets.items()}
+
+
+def latencies(
+    batch: int, repeats: int, warmup: int, official_repo: str | None = None, train: bool = False, bf16: bool = False
+) -> dict[str, list[float]]:
+    """Seconds per inference forward (or training step) of each path at ``batch``, calls interleaved.
+
+    ``bf16``: forwards under CPU bf16 autocast (fp32 master weights in training).
+    """
+    args, seg_label, cls_label = inputs(batch, prompted=True)
+    if train:
+        steps = training_steps(official_repo)
+        paths = {name: (lambda step=step: step(args, seg_label, cls_label)) for name, step in steps.items()}
+        mode = contextlib.nullcontext()
+    else:
+        paths = {name: (lambda call=call: call(args)) for name, call in callers(official_repo).items()}
+        mode = torch.inference_mode()
     times: dict[str, list[float]] = {name: [] for name in paths}
-    with torch.inference_mode():
-        for call in paths.values():
-            time_calls(lambda call=call: call(args), 0, warmup)
+    with mode, torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+        for run in paths.values():
+            time_calls(run, 0, warmup)
         for _ in range(repeats):
-            for name, call in paths.items():
-                times[name] += time_calls(lambda call=call: call(args), 1, 0)
+            for name, run in paths.items():
+                times[name] += time_calls(run, 1, 0)
     return times
 
 
@@ -86,14 +123,18 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--official-repo", help="a PerceptGuide checkout or git directory: adds the official path")
+    parser.add_argument("--train", action="store_true", help="time an Adam training step instead of inference")
+    parser.add_argument("--bf16", action="store_true", help="every path under CPU bf16 autocast")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
-    print(f"PerceptGuide inference forward, 224², embed 96, {args.threads} threads, median of {args.repeats}")
+    what = "training step (Adam, drop path 0.2)" if args.train else "inference forward"
+    precision = "bf16 autocast" if args.bf16 else "fp32"
+    print(f"PerceptGuide {what}, {precision}, 224², embed 96, {args.threads} threads, median of {args.repeats}")
     baseline = "official" if args.official_repo else REFERENCE
     print(f"| batch | path | median s | speed vs {baseline} |")
     print("|---:|---|---:|---:|")
     for batch in args.batches:
-        times = latencies(batch, args.repeats, args.warmup, args.official_repo)
+        times = latencies(batch, args.repeats, args.warmup, args.official_repo, args.train, args.bf16)
         medians = {name: statistics.median(t) for name, t in times.items()}
         for name, median in medians.items():
             print(f"| {batch} | {name} | {median:.3f} | {medians[baseline] / median:.2f}× |")

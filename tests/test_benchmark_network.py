@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from bundle.networks import dense, swin_blocks
+from bundle.workflows.inferers import cpu_supports_bf16
 from conftest import REPO_ROOT
 
 sys.path.insert(0, str(REPO_ROOT / "scripts"))  # the script imports its sibling benchmark.py
@@ -42,3 +43,20 @@ def test_prints_one_row_per_path(capsys: pytest.CaptureFixture) -> None:
     rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| 1 |")]
     assert [row.split("|")[2].strip() for row in rows] == ["reference", "fast, one block", "fast, MKL linear", "fast"]
     assert rows[0].endswith("| 1.00× |")
+
+
+def test_training_mode_times_an_adam_step_of_each_path(capsys: pytest.CaptureFixture) -> None:
+    benchmark_network.main(["--train", "--batches", "1", "--repeats", "1", "--warmup", "0", "--threads", "1"])
+    out = capsys.readouterr().out
+    assert "training step" in out
+    rows = [line for line in out.splitlines() if line.startswith("| 1 |")]
+    assert [row.split("|")[2].strip() for row in rows] == ["reference", "fast"]
+
+
+@pytest.mark.skipif(not cpu_supports_bf16(), reason="this CPU lacks native bf16: bf16 autocast is emulated, far too slow")
+def test_bf16_mode_runs_every_path_under_autocast(capsys: pytest.CaptureFixture) -> None:
+    benchmark_network.main(["--bf16", "--batches", "1", "--repeats", "1", "--warmup", "0", "--threads", "1"])
+    out = capsys.readouterr().out
+    assert "bf16 autocast" in out
+    rows = [line for line in out.splitlines() if line.startswith("| 1 |")]
+    assert [row.split("|")[2].strip() for row in rows] == ["reference", "fast, one block", "fast, MKL linear", "fast"]

@@ -158,6 +158,15 @@ def test_caches_filled_under_inference_mode_serve_training():
     assert all(torch.isfinite(g).all() for g in grads.values())
 
 
+def test_network_built_under_inference_mode_leaves_caches_that_serve_training():
+    """The relative position index is cached per window size and shared by every network built later."""
+    swin_blocks.relative_position_index.cache_clear()
+    with torch.inference_mode():
+        tiny_net(window_size=5)
+    _, grads = _loss_and_grads(tiny_net(window_size=5), torch.rand(1, 3, 160, 160), batch_prompts(PROMPT_NAMES[:1]))
+    assert all(torch.isfinite(g).all() for g in grads.values())
+
+
 @pytest.mark.parametrize("attention_impl", ["fast", "reference"])
 def test_bf16_autocast_keeps_segmentation_masks_of_official_logits(golden, attention_impl):
     """Explicit bf16 autocast, so it runs on any CPU (PromptInferer enables it only with native bf16)."""

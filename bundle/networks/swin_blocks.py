@@ -107,10 +107,15 @@ def window_token_order(
 
 @lru_cache(maxsize=16)
 def relative_position_index(window: int) -> torch.Tensor:
-    """Index (N, N), N = window², into the ((2·window − 1)², heads) relative position bias table."""
-    coords = torch.stack(torch.meshgrid(torch.arange(window), torch.arange(window), indexing="ij")).flatten(1)
-    relative = (coords[:, :, None] - coords[:, None, :]).permute(1, 2, 0) + (window - 1)
-    return relative[..., 0] * (2 * window - 1) + relative[..., 1]
+    """Index (N, N), N = window², into the ((2·window − 1)², heads) relative position bias table.
+
+    Built outside inference mode: a network constructed under ``torch.inference_mode`` fills
+    the cache, and a network trained later indexes its bias table with the same tensor.
+    """
+    with torch.inference_mode(False):
+        coords = torch.stack(torch.meshgrid(torch.arange(window), torch.arange(window), indexing="ij")).flatten(1)
+        relative = (coords[:, :, None] - coords[:, None, :]).permute(1, 2, 0) + (window - 1)
+        return relative[..., 0] * (2 * window - 1) + relative[..., 1]
 
 
 class PromptProjection(nn.ModuleDict):
