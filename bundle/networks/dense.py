@@ -2,7 +2,7 @@
 
 PyTorch runs an fp32 ``F.linear`` on the CPU as an MKL GEMM. oneDNN's inner-product primitive,
 which inductor's CPU backend calls as ``torch.ops.mkldnn._linear_pointwise``, ran the network's
-token-wise shapes 5-40 % faster on the benchmark machine (AMD EPYC, AVX2; docs/performance.md)
+token-wise shapes 5-40 % faster on the benchmark machine (AMD EPYC Zen 4; docs/performance.md)
 and applies GELU inside the same kernel, while the output is still in cache. The operator is
 private and has no backward, so it serves only forward passes without autograd (evaluation,
 inference) on fp32 CPU tensors outside autocast, ``torch.compile``, TorchScript tracing and ONNX
