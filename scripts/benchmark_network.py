@@ -71,8 +71,14 @@ def callers(official_repo: str | None) -> dict[str, Callable[[tuple], object]]:
     return {**plain, ONE_BLOCK: one_block, MKL_LINEAR: mkl_linear, FAST: lambda args: fast(*args)}
 
 
-def training_steps(official_repo: str | None) -> dict[str, Callable[[tuple, torch.Tensor, torch.Tensor], None]]:
-    """Path name -> one Adam step of that path's network (training mode) on arguments and labels."""
+def training_steps(
+    official_repo: str | None, bf16: bool = False
+) -> dict[str, Callable[[tuple, torch.Tensor, torch.Tensor], None]]:
+    """Path name -> one Adam step of that path's network (training mode) on arguments and labels.
+
+    ``bf16``: forward and loss under CPU bf16 autocast, backward and update outside it (fp32
+    master weights), as ``benchmark.py`` and PyTorch's AMP recipe have it.
+    """
     nets = {"official": official(official_repo, train=True)} if official_repo else {}
     nets[REFERENCE] = perceptguide(train=True, attention_impl="reference")
     nets[FAST] = perceptguide(train=True)
@@ -83,7 +89,9 @@ def training_steps(official_repo: str | None) -> dict[str, Callable[[tuple, torc
 
         def step(args: tuple, seg_label: torch.Tensor, cls_label: torch.Tensor) -> None:
             optimizer.zero_grad(set_to_none=True)
-            loss_of(net(*args), seg_label, cls_label).backward()
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+                loss = loss_of(net(*args), seg_label, cls_label)
+            loss.backward()
             optimizer.step()
 
         return step
@@ -100,14 +108,14 @@ def latencies(
     """
     args, seg_label, cls_label = inputs(batch, prompted=True)
     if train:
-        steps = training_steps(official_repo)
+        steps = training_steps(official_repo, bf16)
         paths = {name: (lambda step=step: step(args, seg_label, cls_label)) for name, step in steps.items()}
         mode = contextlib.nullcontext()
     else:
         paths = {name: (lambda call=call: call(args)) for name, call in callers(official_repo).items()}
         mode = torch.inference_mode()
     times: dict[str, list[float]] = {name: [] for name in paths}
-    with mode, torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+    with mode, torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16 and not train):
         for run in paths.values():
             time_calls(run, 0, warmup)
         for _ in range(repeats):
