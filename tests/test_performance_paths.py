@@ -1,6 +1,6 @@
 """Performance paths of the network give the reference numbers: fused attention, index-map windows,
-fused seg head, oneDNN linear layers without autograd, activation checkpointing, bf16 autocast (as ``PromptInferer`` applies it),
-torch.compile fallback. No timings here: scripts/benchmark.py measures speed."""
+fused seg head, oneDNN linear layers without autograd, activation checkpointing, bf16 autocast (as
+``PromptInferer`` applies it), torch.compile fallback. No timings here: scripts/benchmark.py measures speed."""
 
 from __future__ import annotations
 

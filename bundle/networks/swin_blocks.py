@@ -29,7 +29,7 @@ Two computation paths, selected by ``attention_impl``:
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from functools import lru_cache
+from functools import lru_cache, wraps
 
 import torch
 import torch.nn.functional as F
@@ -70,19 +70,37 @@ def prompt_slot(key: str) -> str:
     return f"{key}_prompt"
 
 
-@lru_cache(maxsize=64)
+def cached_outside_inference_mode(maxsize: int) -> Callable[[Callable], Callable]:
+    """``lru_cache`` for geometry tensors (masks, index maps), built outside inference mode.
+
+    The cache is shared by every network of the process: a tensor first built under
+    ``torch.inference_mode`` (an evaluation, or a network constructed there) would otherwise
+    break the backward pass of a network trained later with the same geometry.
+    """
+
+    def decorate(build: Callable) -> Callable:
+        @lru_cache(maxsize=maxsize)
+        @wraps(build)
+        def cached(*args):
+            with torch.inference_mode(False):
+                return build(*args)
+
+        return cached
+
+    return decorate
+
+
+@cached_outside_inference_mode(maxsize=64)
 def shifted_window_mask(height: int, width: int, window: int, shift: int, device: torch.device) -> torch.Tensor:
     """Additive mask (nW, N, N) that stops attention across the wrap-around of a cyclic shift.
 
     Masked pairs get -100 (MONAI and the official code alike). Cached per resolution and device:
     it depends on nothing else, and rebuilding it in every block of every forward costs time.
-    Built outside inference mode so that a cache filled during inference still serves training.
     """
-    with torch.inference_mode(False):
-        return compute_mask([height, width], (window, window), (shift, shift), device)
+    return compute_mask([height, width], (window, window), (shift, shift), device)
 
 
-@lru_cache(maxsize=64)
+@cached_outside_inference_mode(maxsize=64)
 def window_token_order(
     height: int, width: int, window: int, shift: int, device: torch.device
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -95,27 +113,21 @@ def window_token_order(
     Returns:
         gather, scatter: int64 (H·W,) each.
     """
-    with torch.inference_mode(False):
-        raster = torch.arange(height * width, device=device).view(height, width)
-        if shift:
-            raster = torch.roll(raster, shifts=(-shift, -shift), dims=(0, 1))
-        gather = raster.view(height // window, window, width // window, window).transpose(1, 2).reshape(-1)
-        scatter = torch.empty_like(gather)
-        scatter[gather] = torch.arange(gather.numel(), device=device)
-        return gather, scatter
+    raster = torch.arange(height * width, device=device).view(height, width)
+    if shift:
+        raster = torch.roll(raster, shifts=(-shift, -shift), dims=(0, 1))
+    gather = raster.view(height // window, window, width // window, window).transpose(1, 2).reshape(-1)
+    scatter = torch.empty_like(gather)
+    scatter[gather] = torch.arange(gather.numel(), device=device)
+    return gather, scatter
 
 
-@lru_cache(maxsize=16)
+@cached_outside_inference_mode(maxsize=16)
 def relative_position_index(window: int) -> torch.Tensor:
-    """Index (N, N), N = window², into the ((2·window − 1)², heads) relative position bias table.
-
-    Built outside inference mode: a network constructed under ``torch.inference_mode`` fills
-    the cache, and a network trained later indexes its bias table with the same tensor.
-    """
-    with torch.inference_mode(False):
-        coords = torch.stack(torch.meshgrid(torch.arange(window), torch.arange(window), indexing="ij")).flatten(1)
-        relative = (coords[:, :, None] - coords[:, None, :]).permute(1, 2, 0) + (window - 1)
-        return relative[..., 0] * (2 * window - 1) + relative[..., 1]
+    """Index (N, N), N = window², into the ((2·window − 1)², heads) relative position bias table."""
+    coords = torch.stack(torch.meshgrid(torch.arange(window), torch.arange(window), indexing="ij")).flatten(1)
+    relative = (coords[:, :, None] - coords[:, None, :]).permute(1, 2, 0) + (window - 1)
+    return relative[..., 0] * (2 * window - 1) + relative[..., 1]
 
 
 class PromptProjection(nn.ModuleDict):
