@@ -36,27 +36,31 @@ from bundle.workflows.losses import SEGMENTATION  # noqa: E402
 DEFAULT_CONFIGS = "['configs/evaluate.yaml','configs/cpu.yaml']"
 
 
-def predictions(parser: ConfigParser, autocast: str) -> tuple[list[dict], float]:
-    """Per sample: dataset, task, seg argmax (H, W) and class probabilities; and the seconds taken."""
+def predictions(parser: ConfigParser) -> tuple[dict[str, list[dict]], dict[str, float]]:
+    """Per precision (``none`` = fp32, ``bf16``): per sample the dataset, task, seg argmax (H, W)
+    and class probabilities; and the seconds the network took. Each batch is loaded once and run
+    both ways."""
     network = parser.get_parsed_content("network")
     prepare_batch = parser.get_parsed_content("prepare_batch")
-    inferer = PromptInferer(autocast)
-    samples, seconds = [], 0.0
+    inferers = {precision: PromptInferer(precision) for precision in ("none", "bf16")}
+    samples: dict[str, list[dict]] = {precision: [] for precision in inferers}
+    seconds = dict.fromkeys(inferers, 0.0)
     with torch.inference_mode():
         for batch in parser.get_parsed_content("dataloader"):
             image, targets, (prompts,), _ = prepare_batch(batch, torch.device("cpu"))
-            start = time.perf_counter()
-            seg_logits, cls_logits = inferer(image, network, prompts)
-            seconds += time.perf_counter() - start
-            for i, dataset in enumerate(targets["dataset"]):
-                samples.append(
+            for precision, inferer in inferers.items():
+                start = time.perf_counter()
+                seg_logits, cls_logits = inferer(image, network, prompts)
+                seconds[precision] += time.perf_counter() - start
+                samples[precision] += [
                     {
                         "dataset": dataset,
                         "task": int(targets["task_id"][i]),
                         "mask": seg_logits[i].argmax(0),
                         "probabilities": cls_logits[i].softmax(0),
                     }
-                )
+                    for i, dataset in enumerate(targets["dataset"])
+                ]
     return samples, seconds
 
 
@@ -101,10 +105,10 @@ def main(argv: Sequence[str] | None = None) -> dict[str, dict[str, float]]:
     if args.dataset_dir:
         overrides["dataset_dir"] = args.dataset_dir
     parser.update(overrides)
-    fp32, fp32_seconds = predictions(parser, "none")
-    bf16, bf16_seconds = predictions(parser, "bf16")
-    table = agreement(fp32, bf16)
-    print(f"{args.ckpt_path}, split {args.split}: fp32 {fp32_seconds:.2f} s, bf16 {bf16_seconds:.2f} s (network only)")
+    samples, seconds = predictions(parser)
+    table = agreement(samples["none"], samples["bf16"])
+    timing = f"fp32 {seconds['none']:.2f} s, bf16 {seconds['bf16']:.2f} s (network only)"
+    print(f"{args.ckpt_path}, split {args.split}: {timing}")
     print("| dataset | seg mask pixels equal | largest class-probability change |")
     print("|---|---:|---:|")
     for group, row in table.items():
