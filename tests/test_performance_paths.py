@@ -178,6 +178,19 @@ def test_bf16_autocast_keeps_segmentation_masks_of_official_logits(golden, atten
     assert (seg.argmax(1) == official.argmax(1)).float().mean() >= BF16_MASK_AGREEMENT
 
 
+@pytest.mark.parametrize("attention_impl", ["fast", "reference"])
+def test_network_cast_to_bf16_keeps_segmentation_masks_of_official_logits(golden, attention_impl):
+    """bf16 weights and activations (``net.to(torch.bfloat16)``), no autocast: the shift mask
+    (a cached fp32 tensor) must follow the bias dtype in shifted prompted blocks."""
+    net = golden_net(golden, "prompt", attention_impl=attention_impl).to(torch.bfloat16)
+    prompts = {key: value.to(torch.bfloat16) for key, value in golden_prompts(golden).items()}
+    with torch.inference_mode():
+        seg, cls = net(golden["image"].to(torch.bfloat16), prompts)
+    official = golden["prompt"]["seg_logits_per_sample"]
+    assert seg.dtype == cls.dtype == torch.bfloat16
+    assert (seg.argmax(1) == official.argmax(1)).float().mean() >= BF16_MASK_AGREEMENT
+
+
 def test_bf16_autocast_training_keeps_fp32_master_weights_and_gradients():
     net = tiny_net().train()
     with torch.autocast("cpu", dtype=torch.bfloat16):

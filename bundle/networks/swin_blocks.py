@@ -214,7 +214,9 @@ class WindowAttention(nn.Module):
     def _additive(self, shift_mask: torch.Tensor | None) -> torch.Tensor:
         """Bias plus shift mask, (heads, N, N) or (nW, heads, N, N)."""
         bias = self._bias()
-        return bias if shift_mask is None else bias + shift_mask.unsqueeze(1)
+        # the cached mask is fp32; a network cast to bf16 has a bf16 bias, and the fp32 sum
+        # would then meet bf16 values in the prompted attention's matmul
+        return bias if shift_mask is None else bias + shift_mask.to(bias.dtype).unsqueeze(1)
 
     def _qkv_parts(self) -> tuple[torch.Tensor, ...]:
         """The q, k, v rows of the fused projection: weights (heads, d, C), biases (heads, d) or None."""
