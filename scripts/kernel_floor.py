@@ -1,0 +1,162 @@
+"""How fast PerceptGuide's fast path could get at best: the time of the kernels it cannot avoid.
+
+Whatever the code around them, a forward (or training step) has to run its matrix multiplies
+and the window attention itself. This script times the baseline (the official code with
+``--official-repo``, else the reference path) and the fast path in one process, calls
+interleaved, then profiles one call of the fast path and adds up the wall time of those
+kernels (the "floor"):
+
+- GEMM: ``mkldnn::_linear_pointwise`` (the oneDNN linear layers), ``aten::addmm``, ``aten::mm``,
+  ``aten::bmm``, ``aten::baddbmm`` (what ``F.linear`` and ``@`` run, forward and backward);
+- attention: the CPU kernel of ``scaled_dot_product_attention``.
+
+``baseline / floor`` is then the largest speed-up over the baseline any code around these
+kernels could reach, were every other operator (LayerNorm, GELU, softmax of the prompted
+blocks, residual adds, token gathers, casts) free. A goal above it needs faster kernels, not
+different code around them. The profiler's overhead lands on the many small operators, not on
+these large kernels, so the floor is not inflated by it.
+
+Usage::
+
+    python scripts/kernel_floor.py [--official-repo ../PerceptGuide] [--batches 1 8] [--bf16] \\
+        [--train] [--repeats 5] [--threads 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import statistics
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+from benchmark import inputs, loss_of, official, perceptguide, time_calls
+from torch.profiler import ProfilerActivity, profile
+
+GEMM_KERNELS = frozenset(
+    {"mkldnn::_linear_pointwise", "aten::addmm", "aten::mm", "aten::bmm", "aten::baddbmm"}
+)
+# the fast path's unprompted blocks; in training (and in the prompted blocks) attention is
+# explicit, and its matmuls count as GEMMs
+ATTENTION_KERNELS = frozenset({"aten::_scaled_dot_product_flash_attention_for_cpu"})
+
+
+@dataclass(frozen=True)
+class Floor:
+    """Seconds of one fast-path call: measured medians and the unavoidable kernels' share."""
+
+    baseline: float
+    fast: float
+    gemm: float
+    attention: float
+
+    @property
+    def floor(self) -> float:
+        return self.gemm + self.attention
+
+    @property
+    def speedup(self) -> float:
+        """Fast path against the baseline."""
+        return self.baseline / self.fast
+
+    @property
+    def ceiling(self) -> float:
+        """The largest speed-up over the baseline with every other operator free."""
+        return self.baseline / self.floor
+
+
+def kernel_seconds(run: Callable[[], object]) -> tuple[float, float]:
+    """Wall seconds of the GEMM and the attention kernels in one call of ``run`` (profiled)."""
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        run()
+    gemm = attention = 0.0
+    for event in prof.key_averages():
+        if event.key in GEMM_KERNELS:
+            gemm += event.self_cpu_time_total
+        elif event.key in ATTENTION_KERNELS:
+            attention += event.self_cpu_time_total
+    return gemm / 1e6, attention / 1e6
+
+
+def calls(batch: int, official_repo: str | None, train: bool, bf16: bool) -> dict[str, Callable[[], object]]:
+    """``{"baseline": ..., "fast": ...}``: one forward (or Adam step) each, same weights and inputs."""
+    args, seg_label, cls_label = inputs(batch, prompted=True)
+    baseline = (
+        official(official_repo, train=train) if official_repo else perceptguide(train=train, attention_impl="reference")
+    )
+    nets = {"baseline": baseline, "fast": perceptguide(train=train)}
+
+    def autocast() -> contextlib.AbstractContextManager:
+        return torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16)
+
+    def forward(net: torch.nn.Module) -> Callable[[], object]:
+        net.eval()
+
+        def run() -> object:
+            with torch.inference_mode(), autocast():
+                return net(*args)
+
+        return run
+
+    def step(net: torch.nn.Module) -> Callable[[], object]:
+        net.train()
+        optimizer = torch.optim.Adam(net.parameters(), lr=1e-4)
+
+        def run() -> None:
+            optimizer.zero_grad(set_to_none=True)
+            with autocast():
+                loss = loss_of(net(*args), seg_label, cls_label)
+            loss.backward()
+            optimizer.step()
+
+        return run
+
+    return {name: (step(net) if train else forward(net)) for name, net in nets.items()}
+
+
+def measure(
+    batch: int, repeats: int, warmup: int, official_repo: str | None = None, train: bool = False, bf16: bool = False
+) -> Floor:
+    """Median seconds of the baseline and the fast path (interleaved), and the fast path's floor."""
+    runs = calls(batch, official_repo, train, bf16)
+    times: dict[str, list[float]] = {name: [] for name in runs}
+    for run in runs.values():
+        time_calls(run, 0, warmup)
+    for _ in range(repeats):
+        for name, run in runs.items():
+            times[name] += time_calls(run, 1, 0)
+    gemm, attention = kernel_seconds(runs["fast"])
+    return Floor(statistics.median(times["baseline"]), statistics.median(times["fast"]), gemm, attention)
+
+
+def main(argv: Sequence[str] | None = None) -> dict[int, Floor]:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--batches", type=int, nargs="+", default=[1, 8])
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--warmup", type=int, default=1)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--official-repo", help="a PerceptGuide checkout or git directory: the official code is the baseline")
+    parser.add_argument("--train", action="store_true", help="an Adam training step instead of an inference forward")
+    parser.add_argument("--bf16", action="store_true", help="both paths under CPU bf16 autocast")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    baseline = "official" if args.official_repo else "reference"
+    what = "training step" if args.train else "inference forward"
+    precision = "bf16 autocast" if args.bf16 else "fp32"
+    print(f"PerceptGuide {what}, {precision}, 224², embed 96, {args.threads} threads, median of {args.repeats}")
+    print(f"| batch | {baseline} s | fast s | GEMM s | attention s | floor s | fast vs {baseline} | ceiling vs {baseline} |")
+    print("|---:|---:|---:|---:|---:|---:|---:|---:|")
+    floors = {}
+    for batch in args.batches:
+        result = measure(batch, args.repeats, args.warmup, args.official_repo, args.train, args.bf16)
+        floors[batch] = result
+        print(
+            f"| {batch} | {result.baseline:.3f} | {result.fast:.3f} | {result.gemm:.3f} | {result.attention:.3f} "
+            f"| {result.floor:.3f} | {result.speedup:.2f}× | {result.ceiling:.2f}× |"
+        )
+    return floors
+
+
+if __name__ == "__main__":
+    main()
