@@ -124,8 +124,9 @@ def latencies(
     return times
 
 
-def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def arguments(description: str) -> argparse.ArgumentParser:
+    """Command line of the one-process benchmarks (this script and ``kernel_floor.py``)."""
+    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 8])
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--warmup", type=int, default=1)
@@ -133,7 +134,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--official-repo", help="a PerceptGuide checkout or git directory: adds the official path")
     parser.add_argument("--train", action="store_true", help="time an Adam training step instead of inference")
     parser.add_argument("--bf16", action="store_true", help="every path under CPU bf16 autocast")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    args = arguments(__doc__).parse_args(argv)
     torch.set_num_threads(args.threads)
     what = "training step (Adam, drop path 0.2)" if args.train else "inference forward"
     precision = "bf16 autocast" if args.bf16 else "fp32"

@@ -24,14 +24,14 @@ Usage::
 
 from __future__ import annotations
 
-import argparse
-import contextlib
+import functools
 import statistics
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
-from benchmark import inputs, loss_of, official, perceptguide, time_calls
+from benchmark import inputs, time_calls
+from benchmark_network import FAST, REFERENCE, arguments, callers, training_steps
 from torch.profiler import ProfilerActivity, profile
 
 GEMM_KERNELS = frozenset(
@@ -82,37 +82,20 @@ def kernel_seconds(run: Callable[[], object]) -> tuple[float, float]:
 def calls(batch: int, official_repo: str | None, train: bool, bf16: bool) -> dict[str, Callable[[], object]]:
     """``{"baseline": ..., "fast": ...}``: one forward (or Adam step) each, same weights and inputs."""
     args, seg_label, cls_label = inputs(batch, prompted=True)
-    baseline = (
-        official(official_repo, train=train) if official_repo else perceptguide(train=train, attention_impl="reference")
-    )
-    nets = {"baseline": baseline, "fast": perceptguide(train=train)}
+    names = {"baseline": "official" if official_repo else REFERENCE, "fast": FAST}
+    if train:
+        steps = training_steps(official_repo, bf16)
+        return {key: functools.partial(steps[name], args, seg_label, cls_label) for key, name in names.items()}
+    forwards = callers(official_repo)
 
-    def autocast() -> contextlib.AbstractContextManager:
-        return torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16)
-
-    def forward(net: torch.nn.Module) -> Callable[[], object]:
-        net.eval()
-
+    def forward(call: Callable[[tuple], object]) -> Callable[[], object]:
         def run() -> object:
-            with torch.inference_mode(), autocast():
-                return net(*args)
+            with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+                return call(args)
 
         return run
 
-    def step(net: torch.nn.Module) -> Callable[[], object]:
-        net.train()
-        optimizer = torch.optim.Adam(net.parameters(), lr=1e-4)
-
-        def run() -> None:
-            optimizer.zero_grad(set_to_none=True)
-            with autocast():
-                loss = loss_of(net(*args), seg_label, cls_label)
-            loss.backward()
-            optimizer.step()
-
-        return run
-
-    return {name: (step(net) if train else forward(net)) for name, net in nets.items()}
+    return {key: forward(forwards[name]) for key, name in names.items()}
 
 
 def measure(
@@ -131,15 +114,7 @@ def measure(
 
 
 def main(argv: Sequence[str] | None = None) -> dict[int, Floor]:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--batches", type=int, nargs="+", default=[1, 8])
-    parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--warmup", type=int, default=1)
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--official-repo", help="a PerceptGuide checkout or git directory: the official code is the baseline")
-    parser.add_argument("--train", action="store_true", help="an Adam training step instead of an inference forward")
-    parser.add_argument("--bf16", action="store_true", help="both paths under CPU bf16 autocast")
-    args = parser.parse_args(argv)
+    args = arguments(__doc__).parse_args(argv)
     torch.set_num_threads(args.threads)
     baseline = "official" if args.official_repo else "reference"
     what = "training step" if args.train else "inference forward"
