@@ -216,16 +216,30 @@ def measure(
 
     with autocast():
         run = compile_or_eager(model, *args) if compile_model else model
+    step = adam_step(model, run, bf16)
+    return time_calls(lambda: step(args, seg_label, cls_label), repeats, warmup)
+
+
+def adam_step(
+    model: nn.Module, run: Callable | None = None, bf16: bool = False
+) -> Callable[[tuple, torch.Tensor, torch.Tensor], None]:
+    """One Adam step of ``model`` on (forward arguments, seg labels, cls labels), per call.
+
+    ``run`` is the forward to use (e.g. ``model`` compiled), ``model`` itself by default. ``bf16``
+    runs the forward and the loss under CPU bf16 autocast; backward and the fp32 master weights
+    stay outside it, as PyTorch's AMP recipe has it.
+    """
+    forward = model if run is None else run
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
 
-    def step() -> None:
+    def step(args: tuple, seg_label: torch.Tensor, cls_label: torch.Tensor) -> None:
         optimizer.zero_grad(set_to_none=True)
-        with autocast():
-            loss = loss_of(run(*args), seg_label, cls_label)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            loss = loss_of(forward(*args), seg_label, cls_label)
         loss.backward()
         optimizer.step()
 
-    return time_calls(step, repeats, warmup)
+    return step
 
 
 def peak_rss_mb() -> float:

@@ -32,7 +32,7 @@ import statistics
 from collections.abc import Callable, Iterator, Sequence
 
 import torch
-from benchmark import inputs, loss_of, official, perceptguide, time_calls
+from benchmark import adam_step, inputs, official, perceptguide, time_calls
 
 from bundle.networks import dense, swin_blocks
 
@@ -77,26 +77,12 @@ def training_steps(
     """Path name -> one Adam step of that path's network (training mode) on arguments and labels.
 
     ``bf16``: forward and loss under CPU bf16 autocast, backward and update outside it (fp32
-    master weights), as ``benchmark.py`` and PyTorch's AMP recipe have it.
+    master weights), as in ``benchmark.py``.
     """
     nets = {"official": official(official_repo, train=True)} if official_repo else {}
     nets[REFERENCE] = perceptguide(train=True, attention_impl="reference")
     nets[FAST] = perceptguide(train=True)
-
-    def stepper(net: torch.nn.Module) -> Callable[[tuple, torch.Tensor, torch.Tensor], None]:
-        net.train()
-        optimizer = torch.optim.Adam(net.parameters(), lr=1e-4)
-
-        def step(args: tuple, seg_label: torch.Tensor, cls_label: torch.Tensor) -> None:
-            optimizer.zero_grad(set_to_none=True)
-            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-                loss = loss_of(net(*args), seg_label, cls_label)
-            loss.backward()
-            optimizer.step()
-
-        return step
-
-    return {name: stepper(net) for name, net in nets.items()}
+    return {name: adam_step(net.train(), bf16=bf16) for name, net in nets.items()}
 
 
 def latencies(
@@ -114,14 +100,31 @@ def latencies(
     else:
         paths = {name: (lambda call=call: call(args)) for name, call in callers(official_repo).items()}
         mode = torch.inference_mode()
-    times: dict[str, list[float]] = {name: [] for name in paths}
     with mode, torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16 and not train):
-        for run in paths.values():
-            time_calls(run, 0, warmup)
-        for _ in range(repeats):
-            for name, run in paths.items():
-                times[name] += time_calls(run, 1, 0)
+        return interleaved(paths, repeats, warmup)
+
+
+def interleaved(runs: dict[str, Callable[[], object]], repeats: int, warmup: int) -> dict[str, list[float]]:
+    """Seconds per call of each run: ``warmup`` untimed calls each, then ``repeats`` rounds in turn."""
+    times: dict[str, list[float]] = {name: [] for name in runs}
+    for run in runs.values():
+        time_calls(run, 0, warmup)
+    for _ in range(repeats):
+        for name, run in runs.items():
+            times[name] += time_calls(run, 1, 0)
     return times
+
+
+def baseline_path(official_repo: str | None) -> str:
+    """The path the others are compared with: the official code when given, else the reference."""
+    return "official" if official_repo else REFERENCE
+
+
+def title(args: argparse.Namespace) -> str:
+    """First output line: what is timed, at which precision and size, on how many threads."""
+    what = "training step (Adam, drop path 0.2)" if args.train else "inference forward"
+    precision = "bf16 autocast" if args.bf16 else "fp32"
+    return f"PerceptGuide {what}, {precision}, 224², embed 96, {args.threads} threads, median of {args.repeats}"
 
 
 def arguments(description: str) -> argparse.ArgumentParser:
@@ -140,10 +143,8 @@ def arguments(description: str) -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> None:
     args = arguments(__doc__).parse_args(argv)
     torch.set_num_threads(args.threads)
-    what = "training step (Adam, drop path 0.2)" if args.train else "inference forward"
-    precision = "bf16 autocast" if args.bf16 else "fp32"
-    print(f"PerceptGuide {what}, {precision}, 224², embed 96, {args.threads} threads, median of {args.repeats}")
-    baseline = "official" if args.official_repo else REFERENCE
+    print(title(args))
+    baseline = baseline_path(args.official_repo)
     print(f"| batch | path | median s | speed vs {baseline} |")
     print("|---:|---|---:|---:|")
     for batch in args.batches:

@@ -30,8 +30,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
-from benchmark import inputs, time_calls
-from benchmark_network import FAST, REFERENCE, arguments, callers, training_steps
+from benchmark import inputs
+from benchmark_network import FAST, arguments, baseline_path, callers, interleaved, title, training_steps
 from torch.profiler import ProfilerActivity, profile
 
 GEMM_KERNELS = frozenset(
@@ -82,7 +82,7 @@ def kernel_seconds(run: Callable[[], object]) -> tuple[float, float]:
 def calls(batch: int, official_repo: str | None, train: bool, bf16: bool) -> dict[str, Callable[[], object]]:
     """``{"baseline": ..., "fast": ...}``: one forward (or Adam step) each, same weights and inputs."""
     args, seg_label, cls_label = inputs(batch, prompted=True)
-    names = {"baseline": "official" if official_repo else REFERENCE, "fast": FAST}
+    names = {"baseline": baseline_path(official_repo), "fast": FAST}
     if train:
         steps = training_steps(official_repo, bf16)
         return {key: functools.partial(steps[name], args, seg_label, cls_label) for key, name in names.items()}
@@ -103,12 +103,7 @@ def measure(
 ) -> Floor:
     """Median seconds of the baseline and the fast path (interleaved), and the fast path's floor."""
     runs = calls(batch, official_repo, train, bf16)
-    times: dict[str, list[float]] = {name: [] for name in runs}
-    for run in runs.values():
-        time_calls(run, 0, warmup)
-    for _ in range(repeats):
-        for name, run in runs.items():
-            times[name] += time_calls(run, 1, 0)
+    times = interleaved(runs, repeats, warmup)
     gemm, attention = kernel_seconds(runs["fast"])
     return Floor(statistics.median(times["baseline"]), statistics.median(times["fast"]), gemm, attention)
 
@@ -116,10 +111,8 @@ def measure(
 def main(argv: Sequence[str] | None = None) -> dict[int, Floor]:
     args = arguments(__doc__).parse_args(argv)
     torch.set_num_threads(args.threads)
-    baseline = "official" if args.official_repo else "reference"
-    what = "training step" if args.train else "inference forward"
-    precision = "bf16 autocast" if args.bf16 else "fp32"
-    print(f"PerceptGuide {what}, {precision}, 224², embed 96, {args.threads} threads, median of {args.repeats}")
+    baseline = baseline_path(args.official_repo)
+    print(title(args))
     print(f"| batch | {baseline} s | fast s | GEMM s | attention s | floor s | fast vs {baseline} | ceiling vs {baseline} |")
     print("|---:|---:|---:|---:|---:|---:|---:|---:|")
     floors = {}
