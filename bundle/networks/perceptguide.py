@@ -260,6 +260,8 @@ class PerceptGuide(nn.Module):
         stem_norm: str = "batch",
     ) -> None:
         super().__init__()
+        # the constructor arguments, which a self-describing checkpoint stores to rebuild this network
+        self.arguments = {name: value for name, value in locals().items() if name not in ("self", "__class__")}
         for name, value, allowed in (
             ("prompt_init", prompt_init, PROMPT_INITS),
             ("patch_embed", patch_embed, PATCH_EMBEDDINGS),
