@@ -64,7 +64,7 @@ def test_converter_rebuilds_the_shipped_demo_data_byte_for_byte(tmp_path):
     shared = require_shared("data")
     out = tmp_path / "demo"
     subprocess.run(
-        [sys.executable, str(REPO / "scripts" / "build_demo_data.py"), "--shared", str(shared), "--out", str(out)],
+        [sys.executable, "-m", "benchmarks.build_demo_data", "--shared", str(shared), "--out", str(out)],
         check=True, capture_output=True, cwd=REPO,
     )
     built = {p.relative_to(out) for p in out.rglob("*") if p.is_file()}

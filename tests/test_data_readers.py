@@ -11,7 +11,7 @@ import pytest
 from bundle.data import SPLITS, datalist_samples, load_registry, load_samples, m2us_samples
 
 DEMO = Path(__file__).resolve().parents[1] / "data" / "demo"
-EXPECTED_COUNTS = {  # (task, dataset) -> train / val / test sizes written by scripts/build_demo_data.py
+EXPECTED_COUNTS = {  # (task, dataset) -> train / val / test sizes written by benchmarks/build_demo_data.py
     ("segmentation", "BUSI"): (70, 10, 20),
     ("segmentation", "Fetal_HC"): (42, 6, 12),
     ("segmentation", "TG3K"): (68, 15, 17),

@@ -1,6 +1,6 @@
 """Performance paths of the network give the reference numbers: fused attention, index-map windows,
 fused seg head, oneDNN linear layers without autograd, activation checkpointing, bf16 autocast (as
-``PromptInferer`` applies it), torch.compile fallback. No timings here: scripts/benchmark.py measures speed."""
+``PromptInferer`` applies it), torch.compile fallback. No timings here: benchmarks/benchmark.py measures speed."""
 
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ import torch.nn.functional as F
 from monai.networks.nets.swin_unetr import window_partition
 from test_networks import PROMPT_NAMES, batch_prompts, golden_net, tiny_net
 
+from benchmarks.compilation import compile_or_eager
 from bundle.networks import dense, swin_blocks
-from bundle.networks.compilation import compile_or_eager
 from bundle.networks.swin_blocks import PatchExpanding, SwinBlock, window_token_order
 from bundle.prompts import PROMPT_KEYS
 
@@ -215,7 +215,7 @@ def _small_block() -> tuple[SwinBlock, torch.Tensor]:
 @pytest.mark.parametrize("compile_kwargs", [{"backend": _broken_backend}, {"mode": "no-such-mode"}])
 def test_compile_failure_falls_back_to_the_eager_module(caplog, compile_kwargs):
     block, x = _small_block()
-    with caplog.at_level(logging.WARNING, logger="bundle.networks.compilation"), torch.no_grad():
+    with caplog.at_level(logging.WARNING, logger="benchmarks.compilation"), torch.no_grad():
         result = compile_or_eager(block, x, **compile_kwargs)
     assert result is block
     assert "torch.compile failed, running eager" in caplog.text

@@ -1,16 +1,12 @@
-"""scripts/benchmark.py (the issue-9 table): one subprocess per pair, ratios, skipped paths, records."""
+"""benchmarks/benchmark.py (the issue-9 table): one subprocess per pair, ratios, skipped paths, records."""
 
 from __future__ import annotations
 
 import json
-import sys
 
 import pytest
 
-from conftest import REPO_ROOT
-
-sys.path.insert(0, str(REPO_ROOT / "scripts"))  # its dataclasses need it imported as a module
-import benchmark  # noqa: E402
+from benchmarks import benchmark
 
 
 def test_table_gives_ratios_to_reference_and_official_per_workload_and_keeps_notes():

@@ -1,30 +1,26 @@
-"""The live official PerceptGuide code, run by scripts/official_network.py (the benchmark's ``official``
+"""The live official PerceptGuide code, run by benchmarks/official_network.py (the benchmark's ``official``
 path), computes what this bundle's network computes on the same weights; and our weights map to
 the official layout and back unchanged.
 
-The live tests need the official code: a checkout or git directory at $PERCEPTGUIDE_OFFICIAL_REPO,
-by default this machine's mirror. They skip when it is absent (it is not part of ../shared, so
-REQUIRE_SHARED does not apply).
+The live tests need the official code (github.com/Zehui-Lin/PerceptGuide): a checkout or git
+directory named by $PERCEPTGUIDE_OFFICIAL_REPO. They skip, saying so, when it is not set (the
+code is not part of ../shared, so REQUIRE_SHARED does not apply); a path that is set but holds
+no official code fails them.
 """
 
 from __future__ import annotations
 
 import os
 import sys
-from pathlib import Path
 
 import pytest
 import torch
-from test_networks import PROMPT_NAMES, TINY, batch_prompts, tiny_net
 
+from benchmarks import official_network
 from bundle.networks import convert_official_state_dict, to_official_state_dict
+from tests.test_networks import PROMPT_NAMES, TINY, batch_prompts, tiny_net
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-sys.path.append(str(REPO_ROOT / "scripts"))  # appended: no script shadows a package
-
-import official_network  # noqa: E402
-
-OFFICIAL_REPO = Path(os.environ.get("PERCEPTGUIDE_OFFICIAL_REPO", "/work/.mirror/Zehui-Lin+PerceptGuide/repo"))
+OFFICIAL_REPO_VARIABLE = "PERCEPTGUIDE_OFFICIAL_REPO"
 TOLERANCE = 1e-4
 
 
@@ -33,9 +29,11 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 @pytest.fixture(scope="module")
 def official_repo() -> str:
-    if not OFFICIAL_REPO.exists():
-        pytest.skip(f"official PerceptGuide code not found at {OFFICIAL_REPO} (set PERCEPTGUIDE_OFFICIAL_REPO)")
-    return str(OFFICIAL_REPO)
+    """The official code's checkout or git directory, from the environment."""
+    repo = os.environ.get(OFFICIAL_REPO_VARIABLE)
+    if not repo:
+        pytest.skip(f"{OFFICIAL_REPO_VARIABLE} is not set (a PerceptGuide checkout or git directory)")
+    return repo
 
 
 def _max_diff(got, expected) -> float:

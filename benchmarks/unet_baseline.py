@@ -18,7 +18,7 @@ budget, the time analogue of the bundle's per-iteration schedule.
 
 Usage::
 
-    python scripts/unet_baseline.py [--minutes 12] [--clock wall|process] [--dataset_dir data/demo] \\
+    python -m benchmarks.unet_baseline [--minutes 12] [--clock wall|process] [--dataset_dir data/demo] \\
         [--image_size 160] [--batch_size 16] [--lr 1e-3] [--threads 2] [--json out.json]
 """
 
@@ -27,29 +27,25 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import sys
 import time
 from pathlib import Path
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-if str(REPO_ROOT) not in sys.path:
-    sys.path.insert(0, str(REPO_ROOT))
+import torch
+from ignite.engine import Engine, Events
+from monai.data import CacheDataset, DataLoader, Dataset
+from monai.engines import SupervisedTrainer
+from monai.losses import DiceCELoss
+from monai.networks.nets import UNet
+from monai.transforms import Compose
+from monai.utils import set_determinism
 
-import torch  # noqa: E402
-from ignite.engine import Engine, Events  # noqa: E402
-from monai.data import CacheDataset, DataLoader, Dataset  # noqa: E402
-from monai.engines import SupervisedTrainer  # noqa: E402
-from monai.losses import DiceCELoss  # noqa: E402
-from monai.networks.nets import UNet  # noqa: E402
-from monai.transforms import Compose  # noqa: E402
-from monai.utils import set_determinism  # noqa: E402
-
-from bundle.data import load_registry, load_samples, weighted_sampler  # noqa: E402
-from bundle.data.registry import DatasetRegistry  # noqa: E402
-from bundle.transforms import RandPromptModed, train_transforms, val_transforms, verify_samples  # noqa: E402
-from bundle.transforms.prompt_mode import MODE_PROBABILITIES, WHOLE  # noqa: E402
-from bundle.workflows.losses import SEGMENTATION  # noqa: E402
-from bundle.workflows.metrics import SampleRecord, _seg_scores, summarise  # noqa: E402
+from benchmarks import DEMO_DATA
+from bundle.data import load_registry, load_samples, weighted_sampler
+from bundle.data.registry import DatasetRegistry
+from bundle.transforms import RandPromptModed, train_transforms, val_transforms, verify_samples
+from bundle.transforms.prompt_mode import MODE_PROBABILITIES, WHOLE
+from bundle.workflows.losses import SEGMENTATION
+from bundle.workflows.metrics import SampleRecord, _seg_scores, summarise
 
 INPUT_MODES = ("whole", "official")
 
@@ -186,7 +182,7 @@ def table(result: dict) -> str:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--dataset_dir", default=str(REPO_ROOT / "data" / "demo"))
+    parser.add_argument("--dataset_dir", default=str(DEMO_DATA))
     parser.add_argument("--minutes", type=float, default=12.0, help="training budget")
     parser.add_argument("--clock", choices=sorted(CLOCKS), default="wall", help="what the budget counts")
     parser.add_argument("--image_size", type=int, default=160)

@@ -1,17 +1,12 @@
-"""scripts/kernel_floor.py: which kernels it counts as unavoidable, and its table."""
+"""benchmarks/kernel_floor.py: which kernels it counts as unavoidable, and its table."""
 
 from __future__ import annotations
-
-import sys
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import REPO_ROOT
-
-sys.path.insert(0, str(REPO_ROOT / "scripts"))  # its dataclass needs it imported as a module
-import kernel_floor  # noqa: E402
+from benchmarks import kernel_floor
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

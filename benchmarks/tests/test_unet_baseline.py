@@ -1,8 +1,7 @@
-"""scripts/unet_baseline.py: the issue's U-Net, its whole-image training chain, the time budget, the table."""
+"""benchmarks/unet_baseline.py: the issue's U-Net, its whole-image training chain, the time budget, the table."""
 
 from __future__ import annotations
 
-import importlib.util
 import math
 import time
 
@@ -10,12 +9,8 @@ import pytest
 import torch
 from ignite.engine import Engine
 
+from benchmarks import DEMO_DATA, unet_baseline
 from bundle.prompts import MODES
-from conftest import REPO_ROOT
-
-spec = importlib.util.spec_from_file_location("unet_baseline", REPO_ROOT / "scripts" / "unet_baseline.py")
-unet_baseline = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(unet_baseline)
 
 
 @pytest.mark.parametrize("classes, expected", [(2, 1_625_737), (3, 1_626_072)])
@@ -27,7 +22,7 @@ def test_unet_has_the_issues_size_and_maps_rgb_to_class_logits(classes: int, exp
 
 @pytest.mark.parametrize("input_mode, modes", [("whole", {"whole"}), ("official", {"whole", "local"})])
 def test_training_chain_draws_only_the_requested_input_modes(input_mode: str, modes: set[str]) -> None:
-    registry = unet_baseline.load_registry(REPO_ROOT / "data" / "demo" / "datasets.yaml")
+    registry = unet_baseline.load_registry(DEMO_DATA / "datasets.yaml")
     sample = unet_baseline.segmentation_samples(registry, "val")[0]
     chain = unet_baseline.unet_train_transforms(32, registry, input_mode)
     chain.set_random_state(seed=0)
@@ -40,7 +35,7 @@ def test_training_chain_draws_only_the_requested_input_modes(input_mode: str, mo
 
 
 def test_unknown_input_mode_is_refused_by_name() -> None:
-    registry = unet_baseline.load_registry(REPO_ROOT / "data" / "demo" / "datasets.yaml")
+    registry = unet_baseline.load_registry(DEMO_DATA / "datasets.yaml")
     with pytest.raises(ValueError, match="input_mode.*'crop'"):
         unet_baseline.unet_train_transforms(32, registry, "crop")
 

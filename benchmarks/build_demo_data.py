@@ -16,7 +16,7 @@ and neighbouring frames of one video are near-identical). BUSI *normal* images a
 the official code drops them too (2-class BUSI), and they come from another source, resized
 to 256 x 256 without keeping the aspect ratio, which a classifier could learn as a shortcut.
 
-Run: ``python scripts/build_demo_data.py [--shared ../shared/data] [--out data/demo]``.
+Run: ``python -m benchmarks.build_demo_data [--shared ../shared/data] [--out data/demo]``.
 """
 
 from __future__ import annotations
@@ -33,9 +33,9 @@ import numpy as np
 import yaml
 from PIL import Image
 
+from benchmarks import BUNDLE_ROOT, DEMO_DATA
 from bundle.data import SPLITS, split_ids, write_datalist
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
 BUSI_CLASSES = ("benign", "malignant")
 
 
@@ -169,8 +169,8 @@ def write_provenance(shared: Path, out: Path, ids: set[str]) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--shared", type=Path, default=REPO_ROOT.parent / "shared" / "data")
-    parser.add_argument("--out", type=Path, default=REPO_ROOT / "data" / "demo")
+    parser.add_argument("--shared", type=Path, default=BUNDLE_ROOT.parent / "shared" / "data")
+    parser.add_argument("--out", type=Path, default=DEMO_DATA)
     parser.add_argument("--max-short-side", type=int, default=256)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
@@ -190,7 +190,7 @@ def main() -> None:
         splits[source.name] = split_ids(ids, seed=args.seed, strata=strata, groups=groups)
         write_dataset(source, ids, splits[source.name], args.shared, args.out, args.max_short_side)
     write_busi_classification(busi_classes, splits["BUSI"], args.out)
-    header = "# PerceptGuide demo datasets (written by scripts/build_demo_data.py); paths relative to this file.\n"
+    header = "# PerceptGuide demo datasets (written by python -m benchmarks.build_demo_data); paths relative to this file.\n"
     registry = {"extra_organs": [], "datasets": registry_entries()}
     (args.out / "datasets.yaml").write_text(header + yaml.safe_dump(registry, sort_keys=False))
     write_datalist(args.out / "datalist.json", datalist_entries(splits, busi_classes))

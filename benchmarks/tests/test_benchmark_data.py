@@ -1,20 +1,14 @@
-"""scripts/benchmark_data.py: the MONAI-transform reference chain it times the bundle's chain against."""
+"""benchmarks/benchmark_data.py: the MONAI-transform reference chain it times the bundle's chain against."""
 
 from __future__ import annotations
-
-import importlib.util
 
 import pytest
 import torch
 from monai.transforms import CenterSpatialCropd, OneOf
 
+from benchmarks import benchmark_data
 from bundle.data import load_registry, load_samples
 from bundle.transforms import SAMPLE_KEYS, RandOfficialCascaded, ShortSideInterpolated, train_transforms
-from conftest import REPO_ROOT
-
-spec = importlib.util.spec_from_file_location("benchmark_data", REPO_ROOT / "scripts" / "benchmark_data.py")
-benchmark_data = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(benchmark_data)
 
 SIZE = 32
 
@@ -22,7 +16,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_reference_chain_swaps_every_plain_tensor_step_for_monai_ones() -> None:
-    registry = load_registry(REPO_ROOT / "data" / "demo" / "datasets.yaml")
+    registry = load_registry(benchmark_data.DEMO_REGISTRY)
     chain = train_transforms(SIZE, registry, benchmark_data.CPU_MODES)
     reference = benchmark_data.monai_chain(chain, SIZE)
     kinds = [type(step) for step in reference.transforms]

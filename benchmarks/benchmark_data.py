@@ -10,11 +10,11 @@ seconds per epoch and their ratio:
 - ``monai``: the same steps with MONAI's traced transforms: the prompt-mode crop by MONAI
   ``Crop``, ``ShortSideResized`` (MONAI's anti-aliased resize), a ``OneOf`` of ``Flipd`` /
   ``RandRotated`` / ``RandZoomd`` / ``Identityd`` with the official weights and a
-  ``CenterSpatialCropd`` (the chain up to session 5).
+  ``CenterSpatialCropd`` (the bundle's earlier chain).
 
 Usage::
 
-    python scripts/benchmark_data.py [--image_size 96] [--threads 2] [--rounds 5]
+    python -m benchmarks.benchmark_data [--image_size 96] [--threads 2] [--rounds 5]
 """
 
 from __future__ import annotations
@@ -22,17 +22,11 @@ from __future__ import annotations
 import argparse
 import math
 import statistics
-import sys
 import time
-from pathlib import Path
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-if str(REPO_ROOT) not in sys.path:
-    sys.path.insert(0, str(REPO_ROOT))
-
-import torch  # noqa: E402
-from monai.data import CacheDataset  # noqa: E402
-from monai.transforms import (  # noqa: E402
+import torch
+from monai.data import CacheDataset
+from monai.transforms import (
     CenterSpatialCropd,
     Compose,
     Flipd,
@@ -42,8 +36,9 @@ from monai.transforms import (  # noqa: E402
     RandZoomd,
 )
 
-from bundle.data import load_registry, load_samples  # noqa: E402
-from bundle.transforms import (  # noqa: E402
+from benchmarks import DEMO_DATA
+from bundle.data import load_registry, load_samples
+from bundle.transforms import (
     PromptModed,
     RandOfficialCascaded,
     RandPromptModed,
@@ -53,7 +48,7 @@ from bundle.transforms import (  # noqa: E402
     verify_samples,
 )
 
-DEMO_REGISTRY = REPO_ROOT / "data" / "demo" / "datasets.yaml"
+DEMO_REGISTRY = DEMO_DATA / "datasets.yaml"
 KEYS = ("image", "label")
 # the CPU recipe's input modes (configs/cpu.yaml)
 CPU_MODES = {"segmentation": {"whole": 0.8, "local": 0.2}}

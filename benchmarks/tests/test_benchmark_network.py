@@ -1,21 +1,13 @@
-"""scripts/benchmark_network.py: its paths run the same weights to the same logits, and it prints one row per path."""
+"""benchmarks/benchmark_network.py: its paths run the same weights to the same logits, and it prints one row per path."""
 
 from __future__ import annotations
-
-import importlib.util
-import sys
 
 import pytest
 import torch
 
+from benchmarks import benchmark_network
 from bundle.networks import dense, swin_blocks
 from bundle.workflows.inferers import cpu_supports_bf16
-from conftest import REPO_ROOT
-
-sys.path.insert(0, str(REPO_ROOT / "scripts"))  # the script imports its sibling benchmark.py
-spec = importlib.util.spec_from_file_location("benchmark_network", REPO_ROOT / "scripts" / "benchmark_network.py")
-benchmark_network = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(benchmark_network)
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -9,7 +9,7 @@ the script says so and stops.
 
 Usage::
 
-    python scripts/bf16_agreement.py [--config_file "['configs/evaluate.yaml','configs/cpu.yaml']"] \\
+    python -m benchmarks.bf16_agreement [--config_file "['configs/evaluate.yaml','configs/cpu.yaml']"] \\
         [--ckpt_path models/model.pt] [--split test] [--dataset_dir data/demo] [--threads 2]
 """
 
@@ -17,21 +17,16 @@ from __future__ import annotations
 
 import argparse
 import ast
-import sys
 import time
 from collections import defaultdict
 from collections.abc import Sequence
-from pathlib import Path
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-if str(REPO_ROOT) not in sys.path:
-    sys.path.insert(0, str(REPO_ROOT))
+import torch
+from monai.bundle import ConfigParser
 
-import torch  # noqa: E402
-from monai.bundle import ConfigParser  # noqa: E402
-
-from bundle.workflows.inferers import PromptInferer, cpu_supports_bf16  # noqa: E402
-from bundle.workflows.losses import SEGMENTATION  # noqa: E402
+from benchmarks import BUNDLE_ROOT
+from bundle.workflows.inferers import PromptInferer, cpu_supports_bf16
+from bundle.workflows.losses import SEGMENTATION
 
 DEFAULT_CONFIGS = "['configs/evaluate.yaml','configs/cpu.yaml']"
 
@@ -101,7 +96,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, dict[str, float]]:
     # one file, or a list of files as `monai.bundle run --config_file` takes it
     files = ast.literal_eval(args.config_file) if args.config_file.lstrip().startswith("[") else args.config_file
     parser.read_config(ConfigParser.load_config_files(files))
-    overrides = {"ckpt_path": args.ckpt_path, "split": args.split, "num_workers": 0, "bundle_root": str(REPO_ROOT)}
+    overrides = {"ckpt_path": args.ckpt_path, "split": args.split, "num_workers": 0, "bundle_root": str(BUNDLE_ROOT)}
     if args.dataset_dir:
         overrides["dataset_dir"] = args.dataset_dir
     parser.update(overrides)

@@ -1,21 +1,17 @@
-"""scripts/bf16_agreement.py: fp32 and bf16 predictions of a checkpoint compared per dataset."""
+"""benchmarks/bf16_agreement.py: fp32 and bf16 predictions of a checkpoint compared per dataset."""
 
 from __future__ import annotations
 
-import importlib.util
 import math
 
 import pytest
 import torch
-from bundle_runner import REPO_ROOT, TINY_MODEL
 from monai.bundle import ConfigParser
 
+from benchmarks import bf16_agreement
 from bundle.workflows.inferers import cpu_supports_bf16
 from bundle.workflows.losses import CLASSIFICATION, SEGMENTATION
-
-spec = importlib.util.spec_from_file_location("bf16_agreement", REPO_ROOT / "scripts" / "bf16_agreement.py")
-bf16_agreement = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(bf16_agreement)
+from tests.bundle_runner import REPO_ROOT, TINY_MODEL
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

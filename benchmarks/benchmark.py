@@ -20,7 +20,7 @@ pooled over ``--rounds`` sweeps), images/s, peak RSS of the subprocess. No GPU i
 
 Usage::
 
-    python scripts/benchmark.py [--repeats 5] [--rounds 1] [--threads 2] [--compile] \\
+    python -m benchmarks.benchmark [--repeats 5] [--rounds 1] [--threads 2] [--compile] \\
         [--official-repo ../PerceptGuide] [--json results.json] [--plot docs/performance.png]
 """
 
@@ -41,13 +41,11 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-if str(REPO_ROOT) not in sys.path:
-    sys.path.insert(0, str(REPO_ROOT))
+import torch
+import torch.nn.functional as F
+from torch import nn
 
-import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
-from torch import nn  # noqa: E402
+from benchmarks import BUNDLE_ROOT
 
 IMAGE_SIZE = 224
 EMBED_DIM = 96
@@ -100,7 +98,7 @@ def official(repo: str, train: bool) -> nn.Module:
     Our network is built only for its state dict, whose tensors the official model then takes
     over (no copy), so the worker's peak RSS is that of one model as on the other paths.
     """
-    from official_network import build_official
+    from benchmarks.official_network import build_official
 
     return build_official(repo, perceptguide(train).state_dict(), **paper_size(train))
 
@@ -201,7 +199,7 @@ def measure(
     ``bf16`` runs the forward (and loss) under CPU bf16 autocast; backward and the fp32 master
     weights stay outside it, as PyTorch's AMP recipe has it.
     """
-    from bundle.networks.compilation import compile_or_eager
+    from benchmarks.compilation import compile_or_eager
 
     args, seg_label, cls_label = inputs(workload.batch, prompted)
     model.train(workload.train)
@@ -258,11 +256,13 @@ def worker(path: str, workload: str, repeats: int, warmup: int, threads: int, of
 
 def run_worker(path: str, workload: str, args: argparse.Namespace) -> Measurement:
     """Run :func:`worker` in a subprocess; a failure becomes a note in the table."""
-    command = [sys.executable, __file__, "--worker", path, workload]
+    command = [sys.executable, "-m", "benchmarks.benchmark", "--worker", path, workload]
     command += ["--repeats", str(args.repeats), "--warmup", str(args.warmup), "--threads", str(args.threads)]
     if args.official_repo:
         command += ["--official-repo", args.official_repo]
-    result = subprocess.run(command, capture_output=True, text=True, env=os.environ | worker_env(args))
+    result = subprocess.run(
+        command, cwd=BUNDLE_ROOT, capture_output=True, text=True, env=os.environ | worker_env(args)
+    )
     measurement = Measurement(path, workload)
     if result.returncode != 0:
         measurement.note = f"failed: {result.stderr.strip().splitlines()[-1] if result.stderr.strip() else result.returncode}"
@@ -416,7 +416,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     info = machine()
     info["environment"] = " ".join(f"{key}={value}" for key, value in worker_env(args).items())
     if args.official_repo:
-        from official_network import load_official
+        from benchmarks.official_network import load_official
 
         # here rather than in every worker first: a wrong path or vocabulary stops the run at once
         try:

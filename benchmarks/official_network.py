@@ -36,12 +36,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-if str(REPO_ROOT) not in sys.path:
-    sys.path.insert(0, str(REPO_ROOT))
-
-from bundle.networks.checkpoints import to_official_state_dict  # noqa: E402
-from bundle.prompts import DEFAULT_VOCABULARY, PROMPT_KEYS  # noqa: E402
+from bundle.networks.checkpoints import to_official_state_dict
+from bundle.prompts import DEFAULT_VOCABULARY, PROMPT_KEYS
 
 NETWORK_FILE = "networks/omni_vision_transformer.py"
 DATASET_FILE = "datasets/omni_dataset.py"

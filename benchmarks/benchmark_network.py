@@ -2,15 +2,15 @@
 
 Every path holds the same weights (embed 96, 224² input) and the calls alternate between the
 paths, so that a change in machine load hits all alike; the separate subprocesses of
-``scripts/benchmark.py`` (the full table with bf16, peers, training and memory) are noisier for
+``python -m benchmarks.benchmark`` (the full table with bf16, peers, training and memory) are noisier for
 ratios of a few per cent. Paths:
 
 - ``official``: the official network code (with ``--official-repo``, as in ``benchmark.py``);
-- ``reference``: ``attention_impl="reference"``, the official order of operations (issue 4);
-- ``fast, one block``: the fast path with every map in one piece and MKL linear layers (session 8);
+- ``reference``: ``attention_impl="reference"``, the official order of operations;
+- ``fast, one block``: the fast path with every map in one piece and MKL linear layers;
 - ``fast, MKL linear``: MLPs and seg head over cache-sized token blocks, linear layers by
-  ``F.linear`` (session 9);
-- ``fast``: the same with oneDNN's linear layers and fused GELU (session 10, ``bundle.networks.dense``).
+  ``F.linear``;
+- ``fast``: the same with oneDNN's linear layers and fused GELU (``bundle.networks.dense``).
 
 With ``--bf16`` every path runs under CPU bf16 autocast, as ``PromptInferer`` applies it (the
 fast path's oneDNN switch then has nothing to do: autocast takes ``F.linear``). With ``--train``
@@ -20,7 +20,7 @@ path's inference switches do not apply there.
 
 Usage::
 
-    python scripts/benchmark_network.py [--batches 1 8] [--repeats 5] [--threads 2] \\
+    python -m benchmarks.benchmark_network [--batches 1 8] [--repeats 5] [--threads 2] \\
         [--official-repo ../PerceptGuide] [--train] [--bf16]
 """
 
@@ -32,8 +32,8 @@ import statistics
 from collections.abc import Callable, Iterator, Sequence
 
 import torch
-from benchmark import adam_step, inputs, official, perceptguide, time_calls
 
+from benchmarks.benchmark import adam_step, inputs, official, perceptguide, time_calls
 from bundle.networks import dense, swin_blocks
 
 REFERENCE = "reference"

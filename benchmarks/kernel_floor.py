@@ -18,7 +18,7 @@ these large kernels, so the floor is not inflated by it.
 
 Usage::
 
-    python scripts/kernel_floor.py [--official-repo ../PerceptGuide] [--batches 1 8] [--bf16] \\
+    python -m benchmarks.kernel_floor [--official-repo ../PerceptGuide] [--batches 1 8] [--bf16] \\
         [--train] [--repeats 5] [--threads 2]
 """
 
@@ -30,9 +30,10 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
-from benchmark import inputs
-from benchmark_network import FAST, arguments, baseline_path, callers, interleaved, title, training_steps
 from torch.profiler import ProfilerActivity, profile
+
+from benchmarks.benchmark import inputs
+from benchmarks.benchmark_network import FAST, arguments, baseline_path, callers, interleaved, title, training_steps
 
 GEMM_KERNELS = frozenset(
     {"mkldnn::_linear_pointwise", "aten::addmm", "aten::mm", "aten::bmm", "aten::baddbmm"}
