@@ -13,7 +13,8 @@ RSS is its own, and prints one table with the ratios to the reference path (issu
   ``checkpoint`` (``fast`` with activation checkpointing, training only), and MONAI's
   ``SwinUNETR`` in 2D with feature size 24 and 48 as peers.
 - workloads: inference at batch 1 and 8 (``torch.inference_mode``), one Adam training step at
-  batch 8 (cross-entropy on both heads); 224² images, embed 96.
+  batch 8 (cross-entropy on both heads); the paper's size (224² images, embed 96, window 7) unless
+  ``--image-size``, ``--embed-dim`` and ``--window-size`` say otherwise.
 
 Reported per pair: median seconds per call over ``--repeats`` calls (after ``--warmup`` calls,
 pooled over ``--rounds`` sweeps), images/s, peak RSS of the subprocess. No GPU is used.
@@ -21,7 +22,8 @@ pooled over ``--rounds`` sweeps), images/s, peak RSS of the subprocess. No GPU i
 Usage::
 
     python -m benchmarks.benchmark [--repeats 5] [--rounds 1] [--threads 2] [--compile] \\
-        [--official-repo ../PerceptGuide] [--json results.json] [--plot docs/performance.png]
+        [--official-repo ../PerceptGuide] [--json results.json] [--plot docs/performance.png] \\
+        [--image-size 224] [--embed-dim 96] [--window-size 7]
 """
 
 from __future__ import annotations
@@ -47,10 +49,41 @@ from torch import nn
 
 from benchmarks import BUNDLE_ROOT
 
-IMAGE_SIZE = 224
-EMBED_DIM = 96
 TRAIN_DROP_PATH = 0.2  # the paper's training setting
 PROMPT_NAMES = {"position": "breast", "task": "segmentation", "mode": "whole", "type": "tumor"}
+
+
+@dataclass(frozen=True)
+class NetworkSize:
+    """Input side (pixels), first-stage width and attention window of every PerceptGuide path.
+
+    The defaults are the paper's (66 M parameters). Inputs are padded to a multiple of
+    ``4 · window_size · 8`` pixels, so a smaller image needs a smaller window to cost less.
+    """
+
+    image_size: int = 224
+    embed_dim: int = 96
+    window_size: int = 7
+
+    def options(self, train: bool) -> dict:
+        """PerceptGuide options shared by every path: this size, the paper's drop path when training."""
+        return {
+            "img_size": self.image_size,
+            "embed_dim": self.embed_dim,
+            "window_size": self.window_size,
+            "drop_path_rate": TRAIN_DROP_PATH if train else 0.0,
+        }
+
+    def argv(self) -> list[str]:
+        """This size as the command-line options of :func:`add_size_options`."""
+        values = {"--image-size": self.image_size, "--embed-dim": self.embed_dim, "--window-size": self.window_size}
+        return [item for option, value in values.items() for item in (option, str(value))]
+
+    def __str__(self) -> str:
+        return f"{self.image_size}², embed {self.embed_dim}, window {self.window_size}"
+
+
+PAPER = NetworkSize()
 
 
 @dataclass(frozen=True)
@@ -70,29 +103,37 @@ WORKLOADS = {
 
 @dataclass(frozen=True)
 class Variant:
-    """A path (model variant): how to build it, which workloads it runs, whether it takes prompts."""
+    """A path (model variant): how to build it (training or not, size), which workloads it runs,
+    whether it takes prompts."""
 
-    build: Callable[[bool], nn.Module]
+    build: Callable[[bool, NetworkSize], nn.Module]
     workloads: Sequence[str] = tuple(WORKLOADS)
     prompted: bool = True
     compiled: bool = False
     bf16: bool = False
 
 
-def paper_size(train: bool) -> dict:
-    """PerceptGuide options shared by every path: embed 96, the paper's drop path when training."""
-    return {"embed_dim": EMBED_DIM, "drop_path_rate": TRAIN_DROP_PATH if train else 0.0}
+def add_size_options(parser: argparse.ArgumentParser) -> None:
+    """``--image-size``, ``--embed-dim``, ``--window-size`` (the paper's by default), read by :func:`size_of`."""
+    parser.add_argument("--image-size", type=int, default=PAPER.image_size, help="input side in pixels")
+    parser.add_argument("--embed-dim", type=int, default=PAPER.embed_dim, help="first-stage width C")
+    parser.add_argument("--window-size", type=int, default=PAPER.window_size, help="attention window side")
 
 
-def perceptguide(train: bool, **options) -> nn.Module:
-    """The paper-size network (embed 96) with ``options``, seeded so every path has the same weights."""
+def size_of(args: argparse.Namespace) -> NetworkSize:
+    """The network size given by the options of :func:`add_size_options`."""
+    return NetworkSize(args.image_size, args.embed_dim, args.window_size)
+
+
+def perceptguide(train: bool, size: NetworkSize = PAPER, **options) -> nn.Module:
+    """The network of ``size`` with ``options``, seeded so every path has the same weights."""
     from bundle.networks import PerceptGuide
 
     torch.manual_seed(0)
-    return PerceptGuide(**paper_size(train), **options)
+    return PerceptGuide(**size.options(train), **options)
 
 
-def official(repo: str, train: bool) -> nn.Module:
+def official(repo: str, train: bool, size: NetworkSize = PAPER) -> nn.Module:
     """The official network code of ``repo`` holding the weights of :func:`perceptguide`.
 
     Our network is built only for its state dict, whose tensors the official model then takes
@@ -100,7 +141,7 @@ def official(repo: str, train: bool) -> nn.Module:
     """
     from benchmarks.official_network import build_official
 
-    return build_official(repo, perceptguide(train).state_dict(), **paper_size(train))
+    return build_official(repo, perceptguide(train, size).state_dict(), **size.options(train))
 
 
 def swin_unetr(feature_size: int) -> nn.Module:
@@ -114,13 +155,13 @@ def swin_unetr(feature_size: int) -> nn.Module:
 OFFICIAL = "official"  # the path of --official-repo, not in PATHS: it needs the official code
 OFFICIAL_BF16 = "official-bf16"  # the official code under the same bf16 autocast as the bf16 path
 PATHS = {
-    "reference": Variant(lambda train: perceptguide(train, attention_impl="reference")),
-    "fast": Variant(lambda train: perceptguide(train)),
-    "bf16": Variant(lambda train: perceptguide(train), bf16=True),
-    "compiled": Variant(lambda train: perceptguide(train), compiled=True),
-    "checkpoint": Variant(lambda train: perceptguide(train, use_checkpoint=True), workloads=("train-b8",)),
-    "SwinUNETR-24": Variant(lambda train: swin_unetr(24), prompted=False),
-    "SwinUNETR-48": Variant(lambda train: swin_unetr(48), prompted=False),
+    "reference": Variant(lambda train, size: perceptguide(train, size, attention_impl="reference")),
+    "fast": Variant(perceptguide),
+    "bf16": Variant(perceptguide, bf16=True),
+    "compiled": Variant(perceptguide, compiled=True),
+    "checkpoint": Variant(lambda train, size: perceptguide(train, size, use_checkpoint=True), workloads=("train-b8",)),
+    "SwinUNETR-24": Variant(lambda train, size: swin_unetr(24), prompted=False),
+    "SwinUNETR-48": Variant(lambda train, size: swin_unetr(48), prompted=False),
 }
 
 
@@ -151,13 +192,14 @@ class Measurement:
         return WORKLOADS[self.workload].batch / self.median
 
 
-def inputs(batch: int, prompted: bool) -> tuple[tuple, torch.Tensor, torch.Tensor]:
-    """Seeded forward arguments, seg labels (B, H, W) and cls labels (B,)."""
+def inputs(batch: int, prompted: bool, size: NetworkSize = PAPER) -> tuple[tuple, torch.Tensor, torch.Tensor]:
+    """Seeded forward arguments (images of ``size``), seg labels (B, H, W) and cls labels (B,)."""
     from bundle.prompts import DEFAULT_VOCABULARY
 
+    side = size.image_size
     generator = torch.Generator().manual_seed(1)
-    image = torch.rand(batch, 3, IMAGE_SIZE, IMAGE_SIZE, generator=generator)
-    seg_label = torch.randint(0, 2, (batch, IMAGE_SIZE, IMAGE_SIZE), generator=generator)
+    image = torch.rand(batch, 3, side, side, generator=generator)
+    seg_label = torch.randint(0, 2, (batch, side, side), generator=generator)
     cls_label = torch.randint(0, 2, (batch,), generator=generator)
     if not prompted:
         return (image,), seg_label, cls_label
@@ -193,15 +235,17 @@ def measure(
     warmup: int,
     compile_model: bool = False,
     bf16: bool = False,
+    size: NetworkSize = PAPER,
 ) -> list[float]:
-    """Seconds per call of ``model`` on ``workload``: inference under inference_mode, or an Adam step.
+    """Seconds per call of ``model`` on ``workload`` (images of ``size``): inference under
+    inference_mode, or an Adam step.
 
     ``bf16`` runs the forward (and loss) under CPU bf16 autocast; backward and the fp32 master
     weights stay outside it, as PyTorch's AMP recipe has it.
     """
     from benchmarks.compilation import compile_or_eager
 
-    args, seg_label, cls_label = inputs(workload.batch, prompted)
+    args, seg_label, cls_label = inputs(workload.batch, prompted, size)
     model.train(workload.train)
 
     def autocast() -> contextlib.AbstractContextManager:
@@ -245,12 +289,20 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def worker(path: str, workload: str, repeats: int, warmup: int, threads: int, official_repo: str | None = None) -> None:
+def worker(
+    path: str,
+    workload: str,
+    repeats: int,
+    warmup: int,
+    threads: int,
+    official_repo: str | None = None,
+    size: NetworkSize = PAPER,
+) -> None:
     """Measure one pair in this (fresh) process and print it as one JSON line."""
     torch.set_num_threads(threads)
     spec = variants(official_repo)[path]
-    model = spec.build(WORKLOADS[workload].train)
-    times = measure(model, WORKLOADS[workload], spec.prompted, repeats, warmup, spec.compiled, spec.bf16)
+    model = spec.build(WORKLOADS[workload].train, size)
+    times = measure(model, WORKLOADS[workload], spec.prompted, repeats, warmup, spec.compiled, spec.bf16, size)
     print(json.dumps({"times": times, "peak_rss_mb": peak_rss_mb()}))
 
 
@@ -258,6 +310,7 @@ def run_worker(path: str, workload: str, args: argparse.Namespace) -> Measuremen
     """Run :func:`worker` in a subprocess; a failure becomes a note in the table."""
     command = [sys.executable, "-m", "benchmarks.benchmark", "--worker", path, workload]
     command += ["--repeats", str(args.repeats), "--warmup", str(args.warmup), "--threads", str(args.threads)]
+    command += size_of(args).argv()
     if args.official_repo:
         command += ["--official-repo", args.official_repo]
     result = subprocess.run(
@@ -382,6 +435,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--warmup", type=int, default=1, help="untimed calls first")
     parser.add_argument("--rounds", type=int, default=1, help="sweeps over all pairs, pooled (evens out load)")
     parser.add_argument("--threads", type=int, default=2)
+    add_size_options(parser)
     parser.add_argument("--compile", action="store_true", help="also run the torch.compile path")
     parser.add_argument("--force-bf16", action="store_true", help="run bf16 even without native CPU support")
     parser.add_argument("--thp", action="store_true", help="THP_MEM_ALLOC_ENABLE=1 in every worker")
@@ -411,7 +465,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> None:
     args = parse_args(argv)
     if args.worker:
-        worker(*args.worker, args.repeats, args.warmup, args.threads, args.official_repo)
+        worker(*args.worker, args.repeats, args.warmup, args.threads, args.official_repo, size_of(args))
         return
     info = machine()
     info["environment"] = " ".join(f"{key}={value}" for key, value in worker_env(args).items())
@@ -440,14 +494,14 @@ def main(argv: Sequence[str] | None = None) -> None:
             pooled[pair].note = pooled[pair].note or result.note
     info["load after"] = " ".join(f"{value:.2f}" for value in os.getloadavg())
     measurements = list(pooled.values())
-    print(f"\n{args.threads} threads, {IMAGE_SIZE}², embed {EMBED_DIM}, median of {args.repeats}×{args.rounds} calls")
+    print(f"\n{args.threads} threads, {size_of(args)}, median of {args.repeats}×{args.rounds} calls")
     print(table(measurements, notes))
     print(f"load average before: {info['load']}, after: {info['load after']}")
     if args.json:
         records = [{"path": m.path, "workload": m.workload, "times": m.times, "peak_rss_mb": m.peak_rss_mb, "note": m.note} for m in measurements]
         args.json.write_text(json.dumps({"machine": info, "threads": args.threads, "results": records}, indent=1))
     if args.plot:
-        plot(measurements, args.plot, f"PerceptGuide {IMAGE_SIZE}², embed {EMBED_DIM}, {args.threads} threads — {info['cpu']}")
+        plot(measurements, args.plot, f"PerceptGuide {size_of(args)}, {args.threads} threads — {info['cpu']}")
 
 
 if __name__ == "__main__":

@@ -1,9 +1,10 @@
 """Inference latency (or training-step time) of PerceptGuide's fast path against its reference, in one process.
 
-Every path holds the same weights (embed 96, 224² input) and the calls alternate between the
-paths, so that a change in machine load hits all alike; the separate subprocesses of
-``python -m benchmarks.benchmark`` (the full table with bf16, peers, training and memory) are noisier for
-ratios of a few per cent. Paths:
+Every path holds the same weights (the paper's size, 224² input and embed 96, unless
+``--image-size``, ``--embed-dim`` and ``--window-size`` say otherwise) and the calls alternate
+between the paths, so that a change in machine load hits all alike; the separate subprocesses of
+``python -m benchmarks.benchmark`` (the full table with bf16, peers, training and memory) are
+noisier for ratios of a few per cent. Paths:
 
 - ``official``: the official network code (with ``--official-repo``, as in ``benchmark.py``);
 - ``reference``: ``attention_impl="reference"``, the official order of operations;
@@ -21,7 +22,7 @@ path's inference switches do not apply there.
 Usage::
 
     python -m benchmarks.benchmark_network [--batches 1 8] [--repeats 5] [--threads 2] \\
-        [--official-repo ../PerceptGuide] [--train] [--bf16]
+        [--official-repo ../PerceptGuide] [--train] [--bf16] [--image-size 224] [--embed-dim 96] [--window-size 7]
 """
 
 from __future__ import annotations
@@ -33,7 +34,17 @@ from collections.abc import Callable, Iterator, Sequence
 
 import torch
 
-from benchmarks.benchmark import adam_step, inputs, official, perceptguide, time_calls
+from benchmarks.benchmark import (
+    PAPER,
+    NetworkSize,
+    adam_step,
+    add_size_options,
+    inputs,
+    official,
+    perceptguide,
+    size_of,
+    time_calls,
+)
 from bundle.networks import dense, swin_blocks
 
 REFERENCE = "reference"
@@ -53,11 +64,11 @@ def patched(module: object, attribute: str, value: object) -> Iterator[None]:
         setattr(module, attribute, saved)
 
 
-def callers(official_repo: str | None) -> dict[str, Callable[[tuple], object]]:
-    """Path name -> a function that runs that path's network on the forward arguments."""
-    nets = {"official": official(official_repo, train=False).eval()} if official_repo else {}
-    nets[REFERENCE] = perceptguide(train=False, attention_impl="reference").eval()
-    fast = perceptguide(train=False).eval()
+def callers(official_repo: str | None, size: NetworkSize = PAPER) -> dict[str, Callable[[tuple], object]]:
+    """Path name -> a function that runs that path's network (of ``size``) on the forward arguments."""
+    nets = {"official": official(official_repo, False, size).eval()} if official_repo else {}
+    nets[REFERENCE] = perceptguide(False, size, attention_impl="reference").eval()
+    fast = perceptguide(False, size).eval()
 
     def one_block(args: tuple) -> object:
         with patched(swin_blocks, "CACHE_BLOCK_BYTES", 2**62), patched(dense, "_ONEDNN", False):
@@ -72,33 +83,39 @@ def callers(official_repo: str | None) -> dict[str, Callable[[tuple], object]]:
 
 
 def training_steps(
-    official_repo: str | None, bf16: bool = False
+    official_repo: str | None, bf16: bool = False, size: NetworkSize = PAPER
 ) -> dict[str, Callable[[tuple, torch.Tensor, torch.Tensor], None]]:
-    """Path name -> one Adam step of that path's network (training mode) on arguments and labels.
+    """Path name -> one Adam step of that path's network (of ``size``, training mode) on arguments and labels.
 
     ``bf16``: forward and loss under CPU bf16 autocast, backward and update outside it (fp32
     master weights), as in ``benchmark.py``.
     """
-    nets = {"official": official(official_repo, train=True)} if official_repo else {}
-    nets[REFERENCE] = perceptguide(train=True, attention_impl="reference")
-    nets[FAST] = perceptguide(train=True)
+    nets = {"official": official(official_repo, True, size)} if official_repo else {}
+    nets[REFERENCE] = perceptguide(True, size, attention_impl="reference")
+    nets[FAST] = perceptguide(True, size)
     return {name: adam_step(net.train(), bf16=bf16) for name, net in nets.items()}
 
 
 def latencies(
-    batch: int, repeats: int, warmup: int, official_repo: str | None = None, train: bool = False, bf16: bool = False
+    batch: int,
+    repeats: int,
+    warmup: int,
+    official_repo: str | None = None,
+    train: bool = False,
+    bf16: bool = False,
+    size: NetworkSize = PAPER,
 ) -> dict[str, list[float]]:
     """Seconds per inference forward (or training step) of each path at ``batch``, calls interleaved.
 
     ``bf16``: forwards under CPU bf16 autocast (fp32 master weights in training).
     """
-    args, seg_label, cls_label = inputs(batch, prompted=True)
+    args, seg_label, cls_label = inputs(batch, True, size)
     if train:
-        steps = training_steps(official_repo, bf16)
+        steps = training_steps(official_repo, bf16, size)
         paths = {name: (lambda step=step: step(args, seg_label, cls_label)) for name, step in steps.items()}
         mode = contextlib.nullcontext()
     else:
-        paths = {name: (lambda call=call: call(args)) for name, call in callers(official_repo).items()}
+        paths = {name: (lambda call=call: call(args)) for name, call in callers(official_repo, size).items()}
         mode = torch.inference_mode()
     with mode, torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16 and not train):
         return interleaved(paths, repeats, warmup)
@@ -124,7 +141,7 @@ def title(args: argparse.Namespace) -> str:
     """First output line: what is timed, at which precision and size, on how many threads."""
     what = "training step (Adam, drop path 0.2)" if args.train else "inference forward"
     precision = "bf16 autocast" if args.bf16 else "fp32"
-    return f"PerceptGuide {what}, {precision}, 224², embed 96, {args.threads} threads, median of {args.repeats}"
+    return f"PerceptGuide {what}, {precision}, {size_of(args)}, {args.threads} threads, median of {args.repeats}"
 
 
 def arguments(description: str) -> argparse.ArgumentParser:
@@ -134,6 +151,7 @@ def arguments(description: str) -> argparse.ArgumentParser:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--threads", type=int, default=2)
+    add_size_options(parser)
     parser.add_argument("--official-repo", help="a PerceptGuide checkout or git directory: adds the official path")
     parser.add_argument("--train", action="store_true", help="time an Adam training step instead of inference")
     parser.add_argument("--bf16", action="store_true", help="every path under CPU bf16 autocast")
@@ -148,7 +166,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     print(f"| batch | path | median s | speed vs {baseline} |")
     print("|---:|---|---:|---:|")
     for batch in args.batches:
-        times = latencies(batch, args.repeats, args.warmup, args.official_repo, args.train, args.bf16)
+        times = latencies(batch, args.repeats, args.warmup, args.official_repo, args.train, args.bf16, size_of(args))
         medians = {name: statistics.median(t) for name, t in times.items()}
         for name, median in medians.items():
             print(f"| {batch} | {name} | {median:.3f} | {medians[baseline] / median:.2f}× |")

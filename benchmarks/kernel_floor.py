@@ -19,7 +19,7 @@ these large kernels, so the floor is not inflated by it.
 Usage::
 
     python -m benchmarks.kernel_floor [--official-repo ../PerceptGuide] [--batches 1 8] [--bf16] \\
-        [--train] [--repeats 5] [--threads 2]
+        [--train] [--repeats 5] [--threads 2] [--image-size 224] [--embed-dim 96] [--window-size 7]
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ from dataclasses import dataclass
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-from benchmarks.benchmark import inputs
+from benchmarks.benchmark import PAPER, NetworkSize, inputs, size_of
 from benchmarks.benchmark_network import FAST, arguments, baseline_path, callers, interleaved, title, training_steps
 
 GEMM_KERNELS = frozenset(
@@ -80,14 +80,16 @@ def kernel_seconds(run: Callable[[], object]) -> tuple[float, float]:
     return gemm / 1e6, attention / 1e6
 
 
-def calls(batch: int, official_repo: str | None, train: bool, bf16: bool) -> dict[str, Callable[[], object]]:
+def calls(
+    batch: int, official_repo: str | None, train: bool, bf16: bool, size: NetworkSize = PAPER
+) -> dict[str, Callable[[], object]]:
     """``{"baseline": ..., "fast": ...}``: one forward (or Adam step) each, same weights and inputs."""
-    args, seg_label, cls_label = inputs(batch, prompted=True)
+    args, seg_label, cls_label = inputs(batch, True, size)
     names = {"baseline": baseline_path(official_repo), "fast": FAST}
     if train:
-        steps = training_steps(official_repo, bf16)
+        steps = training_steps(official_repo, bf16, size)
         return {key: functools.partial(steps[name], args, seg_label, cls_label) for key, name in names.items()}
-    forwards = callers(official_repo)
+    forwards = callers(official_repo, size)
 
     def forward(call: Callable[[tuple], object]) -> Callable[[], object]:
         def run() -> object:
@@ -100,10 +102,16 @@ def calls(batch: int, official_repo: str | None, train: bool, bf16: bool) -> dic
 
 
 def measure(
-    batch: int, repeats: int, warmup: int, official_repo: str | None = None, train: bool = False, bf16: bool = False
+    batch: int,
+    repeats: int,
+    warmup: int,
+    official_repo: str | None = None,
+    train: bool = False,
+    bf16: bool = False,
+    size: NetworkSize = PAPER,
 ) -> Floor:
     """Median seconds of the baseline and the fast path (interleaved), and the fast path's floor."""
-    runs = calls(batch, official_repo, train, bf16)
+    runs = calls(batch, official_repo, train, bf16, size)
     times = interleaved(runs, repeats, warmup)
     gemm, attention = kernel_seconds(runs["fast"])
     return Floor(statistics.median(times["baseline"]), statistics.median(times["fast"]), gemm, attention)
@@ -118,7 +126,7 @@ def main(argv: Sequence[str] | None = None) -> dict[int, Floor]:
     print("|---:|---:|---:|---:|---:|---:|---:|---:|")
     floors = {}
     for batch in args.batches:
-        result = measure(batch, args.repeats, args.warmup, args.official_repo, args.train, args.bf16)
+        result = measure(batch, args.repeats, args.warmup, args.official_repo, args.train, args.bf16, size_of(args))
         floors[batch] = result
         print(
             f"| {batch} | {result.baseline:.3f} | {result.fast:.3f} | {result.gemm:.3f} | {result.attention:.3f} "

@@ -7,6 +7,7 @@ import json
 import pytest
 
 from benchmarks import benchmark
+from benchmarks.tests.conftest import SMALL
 
 
 def test_table_gives_ratios_to_reference_and_official_per_workload_and_keeps_notes():
@@ -29,9 +30,10 @@ def test_table_gives_ratios_to_reference_and_official_per_workload_and_keeps_not
 def test_one_run_measures_every_pair_in_its_own_process_and_records_it(tmp_path, capsys):
     record = tmp_path / "results.json"
     argv = ["--paths", "reference", "fast", "compiled", "--workloads", "infer-b1", "--repeats", "2", "--warmup", "0"]
-    benchmark.main(argv + ["--threads", "1", "--json", str(record)])
+    benchmark.main(argv + ["--threads", "1", "--json", str(record), *SMALL.argv()])
     out = capsys.readouterr().out
     assert "torch: " in out and "cpu: " in out  # the machine is on record
+    assert f"1 threads, {SMALL}, median of 2×1 calls" in out
     assert "| reference | infer-b1 |" in out and "| fast | infer-b1 |" in out
     assert "| compiled | all | skipped: --compile runs it" in out
     results = json.loads(record.read_text())["results"]
@@ -39,7 +41,7 @@ def test_one_run_measures_every_pair_in_its_own_process_and_records_it(tmp_path,
         ("reference", "infer-b1", 2),
         ("fast", "infer-b1", 2),
     ]
-    assert all(r["peak_rss_mb"] > 100 and not r["note"] for r in results)  # a whole network was built in each
+    assert all(r["peak_rss_mb"] > 100 and not r["note"] for r in results)  # each worker's own, torch imported
 
 
 def test_official_path_without_a_perceptguide_checkout_stops_with_the_path(tmp_path, capsys):

@@ -6,17 +6,20 @@ import pytest
 import torch
 
 from benchmarks import benchmark_network
+from benchmarks.tests.conftest import SMALL
 from bundle.networks import dense, swin_blocks
 from bundle.workflows.inferers import cpu_supports_bf16
+
+ONE_CALL = ["--batches", "1", "--repeats", "1", "--warmup", "0", "--threads", "1", *SMALL.argv()]
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_every_path_gives_the_reference_logits_and_the_switches_are_restored():
     budget, onednn = swin_blocks.CACHE_BLOCK_BYTES, dense._ONEDNN
-    args, _, _ = benchmark_network.inputs(1, prompted=True)
+    args, _, _ = benchmark_network.inputs(1, True, SMALL)
     with torch.inference_mode():
-        outputs = {name: call(args) for name, call in benchmark_network.callers(None).items()}
+        outputs = {name: call(args) for name, call in benchmark_network.callers(None, SMALL).items()}
     assert list(outputs) == [
         benchmark_network.REFERENCE,
         benchmark_network.ONE_BLOCK,
@@ -31,14 +34,16 @@ def test_every_path_gives_the_reference_logits_and_the_switches_are_restored():
 
 
 def test_prints_one_row_per_path(capsys: pytest.CaptureFixture) -> None:
-    benchmark_network.main(["--batches", "1", "--repeats", "1", "--warmup", "0", "--threads", "1"])
-    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| 1 |")]
+    benchmark_network.main(ONE_CALL)
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].endswith(f", fp32, {SMALL}, 1 threads, median of 1")
+    assert lines[1] == "| batch | path | median s | speed vs reference |"
+    rows = [line for line in lines if line.startswith("| 1 |")]
     assert [row.split("|")[2].strip() for row in rows] == ["reference", "fast, one block", "fast, MKL linear", "fast"]
-    assert rows[0].endswith("| 1.00× |")
 
 
 def test_training_mode_times_an_adam_step_of_each_path(capsys: pytest.CaptureFixture) -> None:
-    benchmark_network.main(["--train", "--batches", "1", "--repeats", "1", "--warmup", "0", "--threads", "1"])
+    benchmark_network.main([*ONE_CALL, "--train"])
     out = capsys.readouterr().out
     assert "training step" in out
     rows = [line for line in out.splitlines() if line.startswith("| 1 |")]
@@ -47,7 +52,7 @@ def test_training_mode_times_an_adam_step_of_each_path(capsys: pytest.CaptureFix
 
 @pytest.mark.skipif(not cpu_supports_bf16(), reason="this CPU lacks native bf16: bf16 autocast is emulated, far too slow")
 def test_bf16_mode_runs_every_path_under_autocast(capsys: pytest.CaptureFixture) -> None:
-    benchmark_network.main(["--bf16", "--batches", "1", "--repeats", "1", "--warmup", "0", "--threads", "1"])
+    benchmark_network.main([*ONE_CALL, "--bf16"])
     out = capsys.readouterr().out
     assert "bf16 autocast" in out
     rows = [line for line in out.splitlines() if line.startswith("| 1 |")]

@@ -7,6 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from benchmarks import kernel_floor
+from benchmarks.tests.conftest import SMALL
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -31,7 +32,8 @@ def test_floor_is_the_kernel_time_and_ceiling_the_baseline_over_it():
 
 @pytest.mark.parametrize("train", [False, True])
 def test_prints_a_row_per_batch_with_a_floor_below_the_fast_path(capsys: pytest.CaptureFixture, train: bool) -> None:
-    argv = ["--batches", "1", "--repeats", "1", "--warmup", "1", "--threads", "1"] + (["--train"] if train else [])
+    argv = ["--batches", "1", "--repeats", "1", "--warmup", "1", "--threads", "1", *SMALL.argv()]
+    argv += ["--train"] if train else []
     floors = kernel_floor.main(argv)
     out = capsys.readouterr().out
     assert ("training step" if train else "inference forward") in out
