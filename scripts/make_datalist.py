@@ -1,68 +1,7 @@
-"""Write a MONAI datalist (seeded, stratified train/val/test split) and registry entries for a folder of images.
+"""Write a MONAI datalist (seeded, stratified train/val/test split) and registry entries for a folder
+of images; ``--help`` gives the options and examples (``bundle/data/user_folder.py``)."""
 
-Examples::
-
-    # BUSI as downloaded from Kaggle: benign/ malignant/ normal/ with "<name>_mask[_k].png" beside each image
-    python scripts/make_datalist.py Dataset_BUSI_with_GT --out my_data/busi.json --registry my_data/datasets.yaml \\
-        --dataset BUSI --task segmentation classification --organ breast --object-type tumor \\
-        --classes benign malignant
-
-    # images/ + masks/ with matching stems, patients "p012_3.png" kept in one split
-    python scripts/make_datalist.py thyroid/ --out my_data/thyroid.json --registry my_data/datasets.yaml \\
-        --dataset Thyroid --task segmentation --organ thyroid --object-type organ --group-regex "^(p\\d+)_"
-
-Train with it: ``load_samples(registry, "train", datalist="my_data/busi.json")`` (configs:
-``--registry_file my_data/datasets.yaml --datalist my_data/busi.json``).
-"""
-
-from __future__ import annotations
-
-import argparse
-from pathlib import Path
-
-from bundle.data.scan import DatalistSpec, make_datalist
-
-
-def parse_seg_classes(items: list[str] | None) -> dict[str, int] | None:
-    """``["background:0", "tumor:255"]`` -> ``{"background": 0, "tumor": 255}``."""
-    if not items:
-        return None
-    classes = {}
-    for item in items:
-        name, _, value = item.rpartition(":")
-        if not name or not value.isdigit():
-            raise SystemExit(f"--seg-classes items must be name:value, got '{item}'")
-        classes[name] = int(value)
-    return classes
-
-
-def main(argv: list[str] | None = None) -> dict[str, int]:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("root", type=Path, help="folder of images (and masks)")
-    parser.add_argument("--out", type=Path, required=True, help="datalist JSON to write")
-    parser.add_argument("--dataset", required=True, help="dataset name (the registry's 'name')")
-    parser.add_argument("--task", nargs="+", required=True, choices=["segmentation", "classification"])
-    parser.add_argument("--organ", required=True, help="position prompt name, e.g. breast")
-    parser.add_argument("--object-type", required=True, help="tumor or organ")
-    parser.add_argument("--registry", type=Path, help="registry YAML to add the dataset to (created if absent)")
-    parser.add_argument("--classes", nargs="+", default=(), help="class folders to keep, in class-index order")
-    parser.add_argument("--seg-classes", nargs="+", help="segmentation classes as name:mask_value (default: binary)")
-    parser.add_argument("--fractions", nargs=3, type=float, default=(0.7, 0.1, 0.2), metavar=("TRAIN", "VAL", "TEST"))
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--group-regex", help="regex on the file stem; its first group keeps images in one split")
-    args = parser.parse_args(argv)
-    spec = DatalistSpec(
-        dataset=args.dataset,
-        tasks=tuple(args.task),
-        organ=args.organ,
-        object_type=args.object_type,
-        classes=tuple(args.classes),
-        seg_classes=parse_seg_classes(args.seg_classes),
-    )
-    counts = make_datalist(args.root, args.out, spec, args.registry, args.fractions, args.seed, args.group_regex)
-    print(f"wrote {args.out}: {counts}" + (f"; declared in {args.registry}" if args.registry else ""))
-    return counts
-
+from bundle.data.user_folder import main
 
 if __name__ == "__main__":
     main()

@@ -1,9 +1,11 @@
-"""scripts/make_datalist.py on real demo images laid out as users have them (BUSI Kaggle naming, images/ + masks/)."""
+"""scripts/make_datalist.py (its command line is ``bundle.data.user_folder.main``) on real demo images laid out
+as users have them (BUSI Kaggle naming, images/ + masks/)."""
 
 from __future__ import annotations
 
 import json
 import shutil
+import subprocess
 import sys
 from collections import Counter
 from pathlib import Path
@@ -13,12 +15,11 @@ import pytest
 from PIL import Image
 
 from bundle.data import load_registry, load_samples, m2us_samples
+from bundle.data.user_folder import main as make_datalist_main
 from bundle.transforms import verify_samples
 
 REPO = Path(__file__).resolve().parents[1]
 DEMO = REPO / "data" / "demo"
-sys.path.insert(0, str(REPO / "scripts"))
-from make_datalist import main as make_datalist_main  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -150,3 +151,13 @@ def test_explicit_segmentation_classes_accept_multi_value_masks(tmp_path, demo_r
     registry = load_registry(tmp_path / "r.yaml")
     assert registry.get("S", "segmentation").value_to_index == {0: 0, 255: 1, 128: 2}
     verify_samples(load_samples(registry, "train", tmp_path / "d.json"), registry)
+
+
+def test_the_script_is_the_same_command_line(tmp_path, demo_registry):
+    root = _simple_folder(tmp_path, demo_registry)
+    out = tmp_path / "d.json"
+    command = [sys.executable, str(REPO / "scripts" / "make_datalist.py"), str(root), "--out", str(out),
+               "--dataset", "S", "--task", "segmentation", "--organ", "thyroid", "--object-type", "organ"]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=120, check=True)
+    assert result.stdout.startswith(f"wrote {out}: ")
+    assert sum(len(entries) for entries in json.loads(out.read_text()).values()) == 4
