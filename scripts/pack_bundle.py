@@ -3,7 +3,7 @@
 The archive holds one top-level folder ``<name>/`` with what a bundle user needs (configs/,
 docs/, the ``bundle`` package, scripts/, LICENSE, README, pyproject.toml, large_files.yml) plus
 ``SHA256SUMS``, the sha256 of every other member, which ``scripts/verify_bundle.py`` checks on a
-downloaded bundle. Weights are never packed: they are large files, listed in ``large_files.yml``
+downloaded bundle. It ships the product, not the lab: ``benchmarks/`` and ``tests/`` are not packed. Weights are never packed: they are large files, listed in ``large_files.yml``
 (MONAI's format) and fetched by ``python -m monai.bundle download_large_files``.
 
 Two builds from the same tree are byte-identical: entries sorted, timestamps, permissions and

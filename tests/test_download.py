@@ -22,7 +22,7 @@ import threading
 import zipfile
 from dataclasses import dataclass
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import pytest
 import torch
@@ -173,6 +173,15 @@ def test_archive_has_one_sorted_folder_with_fixed_metadata_and_no_weights(releas
         assert required in members
     listed = [line.split("  ", 1)[1] for line in sums.splitlines()]
     assert listed == sorted(set(members) - {"SHA256SUMS"})
+
+
+def test_archive_ships_the_product_not_the_lab(release):
+    """No file of benchmarks/ or tests/, and no benchmark module under another folder (e.g. scripts/)."""
+    with zipfile.ZipFile(release.archive) as archive:
+        members = [PurePosixPath(name.split("/", 1)[1]) for name in archive.namelist()]
+    lab_modules = {path.name for path in (REPO_ROOT / "benchmarks").glob("*.py")} - {"__init__.py"}
+    assert "benchmark.py" in lab_modules
+    assert [str(m) for m in members if m.parts[0] in ("benchmarks", "tests") or m.name in lab_modules] == []
 
 
 def test_large_files_lists_the_weights_in_monai_format(release):
