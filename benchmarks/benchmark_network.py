@@ -31,6 +31,7 @@ import argparse
 import contextlib
 import statistics
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 
 import torch
 
@@ -51,6 +52,23 @@ REFERENCE = "reference"
 ONE_BLOCK = "fast, one block"
 MKL_LINEAR = "fast, MKL linear"
 FAST = "fast"
+
+
+@dataclass(frozen=True)
+class Setup:
+    """What is timed: every path (the official code of ``official_repo`` too, when given) at
+    ``size``, one inference forward or one Adam step (``train``), in fp32 or under CPU bf16
+    autocast (``bf16``: forward and loss only in training, fp32 master weights)."""
+
+    official_repo: str | None = None
+    train: bool = False
+    bf16: bool = False
+    size: NetworkSize = PAPER
+
+
+def setup_of(args: argparse.Namespace) -> Setup:
+    """The setup given on the command line of :func:`arguments`."""
+    return Setup(args.official_repo, args.train, args.bf16, size_of(args))
 
 
 @contextlib.contextmanager
@@ -96,28 +114,18 @@ def training_steps(
     return {name: adam_step(net.train(), bf16=bf16) for name, net in nets.items()}
 
 
-def latencies(
-    batch: int,
-    repeats: int,
-    warmup: int,
-    official_repo: str | None = None,
-    train: bool = False,
-    bf16: bool = False,
-    size: NetworkSize = PAPER,
-) -> dict[str, list[float]]:
-    """Seconds per inference forward (or training step) of each path at ``batch``, calls interleaved.
-
-    ``bf16``: forwards under CPU bf16 autocast (fp32 master weights in training).
-    """
-    args, seg_label, cls_label = inputs(batch, True, size)
-    if train:
-        steps = training_steps(official_repo, bf16, size)
+def latencies(batch: int, repeats: int, warmup: int, setup: Setup = Setup()) -> dict[str, list[float]]:
+    """Seconds per inference forward (or training step) of each path at ``batch``, calls interleaved."""
+    args, seg_label, cls_label = inputs(batch, True, setup.size)
+    if setup.train:
+        steps = training_steps(setup.official_repo, setup.bf16, setup.size)
         paths = {name: (lambda step=step: step(args, seg_label, cls_label)) for name, step in steps.items()}
         mode = contextlib.nullcontext()
     else:
-        paths = {name: (lambda call=call: call(args)) for name, call in callers(official_repo, size).items()}
+        forwards = callers(setup.official_repo, setup.size)
+        paths = {name: (lambda call=call: call(args)) for name, call in forwards.items()}
         mode = torch.inference_mode()
-    with mode, torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16 and not train):
+    with mode, torch.autocast("cpu", dtype=torch.bfloat16, enabled=setup.bf16 and not setup.train):
         return interleaved(paths, repeats, warmup)
 
 
@@ -166,7 +174,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     print(f"| batch | path | median s | speed vs {baseline} |")
     print("|---:|---|---:|---:|")
     for batch in args.batches:
-        times = latencies(batch, args.repeats, args.warmup, args.official_repo, args.train, args.bf16, size_of(args))
+        times = latencies(batch, args.repeats, args.warmup, setup_of(args))
         medians = {name: statistics.median(t) for name, t in times.items()}
         for name, median in medians.items():
             print(f"| {batch} | {name} | {median:.3f} | {medians[baseline] / median:.2f}× |")

@@ -32,8 +32,18 @@ from dataclasses import dataclass
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-from benchmarks.benchmark import PAPER, NetworkSize, inputs, size_of
-from benchmarks.benchmark_network import FAST, arguments, baseline_path, callers, interleaved, title, training_steps
+from benchmarks.benchmark import inputs
+from benchmarks.benchmark_network import (
+    FAST,
+    Setup,
+    arguments,
+    baseline_path,
+    callers,
+    interleaved,
+    setup_of,
+    title,
+    training_steps,
+)
 
 GEMM_KERNELS = frozenset(
     {"mkldnn::_linear_pointwise", "aten::addmm", "aten::mm", "aten::bmm", "aten::baddbmm"}
@@ -80,20 +90,18 @@ def kernel_seconds(run: Callable[[], object]) -> tuple[float, float]:
     return gemm / 1e6, attention / 1e6
 
 
-def calls(
-    batch: int, official_repo: str | None, train: bool, bf16: bool, size: NetworkSize = PAPER
-) -> dict[str, Callable[[], object]]:
+def calls(batch: int, setup: Setup) -> dict[str, Callable[[], object]]:
     """``{"baseline": ..., "fast": ...}``: one forward (or Adam step) each, same weights and inputs."""
-    args, seg_label, cls_label = inputs(batch, True, size)
-    names = {"baseline": baseline_path(official_repo), "fast": FAST}
-    if train:
-        steps = training_steps(official_repo, bf16, size)
+    args, seg_label, cls_label = inputs(batch, True, setup.size)
+    names = {"baseline": baseline_path(setup.official_repo), "fast": FAST}
+    if setup.train:
+        steps = training_steps(setup.official_repo, setup.bf16, setup.size)
         return {key: functools.partial(steps[name], args, seg_label, cls_label) for key, name in names.items()}
-    forwards = callers(official_repo, size)
+    forwards = callers(setup.official_repo, setup.size)
 
     def forward(call: Callable[[tuple], object]) -> Callable[[], object]:
         def run() -> object:
-            with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=setup.bf16):
                 return call(args)
 
         return run
@@ -101,17 +109,9 @@ def calls(
     return {key: forward(forwards[name]) for key, name in names.items()}
 
 
-def measure(
-    batch: int,
-    repeats: int,
-    warmup: int,
-    official_repo: str | None = None,
-    train: bool = False,
-    bf16: bool = False,
-    size: NetworkSize = PAPER,
-) -> Floor:
+def measure(batch: int, repeats: int, warmup: int, setup: Setup = Setup()) -> Floor:
     """Median seconds of the baseline and the fast path (interleaved), and the fast path's floor."""
-    runs = calls(batch, official_repo, train, bf16, size)
+    runs = calls(batch, setup)
     times = interleaved(runs, repeats, warmup)
     gemm, attention = kernel_seconds(runs["fast"])
     return Floor(statistics.median(times["baseline"]), statistics.median(times["fast"]), gemm, attention)
@@ -126,7 +126,7 @@ def main(argv: Sequence[str] | None = None) -> dict[int, Floor]:
     print("|---:|---:|---:|---:|---:|---:|---:|---:|")
     floors = {}
     for batch in args.batches:
-        result = measure(batch, args.repeats, args.warmup, args.official_repo, args.train, args.bf16, size_of(args))
+        result = measure(batch, args.repeats, args.warmup, setup_of(args))
         floors[batch] = result
         print(
             f"| {batch} | {result.baseline:.3f} | {result.fast:.3f} | {result.gemm:.3f} | {result.attention:.3f} "
