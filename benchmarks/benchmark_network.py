@@ -8,13 +8,14 @@ noisier for ratios of a few per cent. Paths:
 
 - ``official``: the official network code (with ``--official-repo``, as in ``benchmark.py``);
 - ``reference``: ``attention_impl="reference"``, the official order of operations;
-- ``fast, one block``: the fast path with every map in one piece and MKL linear layers;
+- ``fast, one block``: the fast path with every map in one piece and MKL linear layers
+  (``PerceptGuide(cache_block_bytes=2**62, onednn_linear=False)``);
 - ``fast, MKL linear``: MLPs and seg head over cache-sized token blocks, linear layers by
-  ``F.linear``;
+  ``F.linear`` (``onednn_linear=False``);
 - ``fast``: the same with oneDNN's linear layers and fused GELU (``bundle.networks.dense``).
 
 With ``--bf16`` every path runs under CPU bf16 autocast, as ``PromptInferer`` applies it (the
-fast path's oneDNN switch then has nothing to do: autocast takes ``F.linear``). With ``--train``
+fast path's oneDNN option then has nothing to do: autocast takes ``F.linear``). With ``--train``
 it times one Adam step instead (cross-entropy on both heads, the paper's drop
 path 0.2, as ``benchmark.py``'s ``train-b8``) of the official, reference and fast paths; the fast
 path's inference switches do not apply there.
@@ -30,7 +31,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import statistics
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -46,7 +47,6 @@ from benchmarks.benchmark import (
     size_of,
     time_calls,
 )
-from bundle.networks import dense, swin_blocks
 
 REFERENCE = "reference"
 ONE_BLOCK = "fast, one block"
@@ -71,33 +71,20 @@ def setup_of(args: argparse.Namespace) -> Setup:
     return Setup(args.official_repo, args.train, args.bf16, size_of(args))
 
 
-@contextlib.contextmanager
-def patched(module: object, attribute: str, value: object) -> Iterator[None]:
-    """Run with ``module.attribute`` set to ``value`` (a switch of the fast path), then restore it."""
-    saved = getattr(module, attribute)
-    setattr(module, attribute, value)
-    try:
-        yield
-    finally:
-        setattr(module, attribute, saved)
+# the speed options of the fast path's variants; every variant holds the same (seeded) weights
+FAST_VARIANTS = {
+    ONE_BLOCK: {"cache_block_bytes": 2**62, "onednn_linear": False},
+    MKL_LINEAR: {"onednn_linear": False},
+    FAST: {},
+}
 
 
 def callers(official_repo: str | None, size: NetworkSize = PAPER) -> dict[str, Callable[[tuple], object]]:
     """Path name -> a function that runs that path's network (of ``size``) on the forward arguments."""
-    nets = {"official": official(official_repo, False, size).eval()} if official_repo else {}
-    nets[REFERENCE] = perceptguide(False, size, attention_impl="reference").eval()
-    fast = perceptguide(False, size).eval()
-
-    def one_block(args: tuple) -> object:
-        with patched(swin_blocks, "CACHE_BLOCK_BYTES", 2**62), patched(dense, "_ONEDNN", False):
-            return fast(*args)
-
-    def mkl_linear(args: tuple) -> object:
-        with patched(dense, "_ONEDNN", False):
-            return fast(*args)
-
-    plain = {name: (lambda args, net=net: net(*args)) for name, net in nets.items()}
-    return {**plain, ONE_BLOCK: one_block, MKL_LINEAR: mkl_linear, FAST: lambda args: fast(*args)}
+    nets = {"official": official(official_repo, False, size)} if official_repo else {}
+    nets[REFERENCE] = perceptguide(False, size, attention_impl="reference")
+    nets.update({name: perceptguide(False, size, **options) for name, options in FAST_VARIANTS.items()})
+    return {name: (lambda args, net=net.eval(): net(*args)) for name, net in nets.items()}
 
 
 def training_steps(

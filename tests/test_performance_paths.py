@@ -10,14 +10,19 @@ import pytest
 import torch
 import torch.nn.functional as F
 from monai.networks.nets.swin_unetr import window_partition
-from test_networks import PROMPT_NAMES, batch_prompts, golden_net, tiny_net
 
 from benchmarks.compilation import compile_or_eager
-from bundle.networks import dense, swin_blocks
+from bundle.networks import dense
 from bundle.networks.swin_blocks import PatchExpanding, SwinBlock, window_token_order
 from bundle.prompts import PROMPT_KEYS
+from tests.test_networks import PROMPT_NAMES, batch_prompts, golden_net, tiny_net
 
-BF16_MASK_AGREEMENT = 0.995
+# bf16 keeps 8 significant bits: the ~300 roundings from image to logit, adding up like a random
+# walk, move a logit margin by about sqrt(300)·2⁻⁸ ≈ 7 % of the largest |logit|, so pixels whose fp32
+# margin is twice that keep their class on any CPU. On the golden fixture (|logit| ≤ 2.66, so 0.36)
+# margins moved by up to 0.20 with native bf16 (AVX-512 BF16) and 0.27 with ATen's AVX2 kernels
+# (ATEN_CPU_CAPABILITY=avx2: 99.46 % of the masks equal, as on the AVX2-only CPU); flips ≤ 0.17.
+BF16_STABLE_MARGIN = 2 * 300**0.5 * 2**-8
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -48,11 +53,16 @@ def test_seg_head_projection_equals_expand_then_1x1_convolution(scale, classes):
     torch.testing.assert_close(expand.project(x, conv.weight.flatten(1)), expected, atol=1e-5, rtol=1e-5)
 
 
-def _ran_onednn(fn) -> bool:
-    """Whether ``fn()`` called oneDNN's pointwise linear operator."""
+def _ran(fn, operator: str) -> bool:
+    """Whether ``fn()`` called ``operator`` (a profiler event name such as ``"aten::split"``)."""
     with torch.profiler.profile() as profile:
         fn()
-    return any(event.name == "mkldnn::_linear_pointwise" for event in profile.events())
+    return any(event.name == operator for event in profile.events())
+
+
+def _ran_onednn(fn) -> bool:
+    """Whether ``fn()`` called oneDNN's pointwise linear operator."""
+    return _ran(fn, "mkldnn::_linear_pointwise")
 
 
 @pytest.mark.skipif(not dense.onednn_linear_available(), reason="this PyTorch build has no oneDNN linear")
@@ -73,33 +83,33 @@ def test_onednn_linear_serves_forwards_without_autograd_with_the_numbers_of_f_li
 
 
 @pytest.mark.skipif(not dense.onednn_linear_available(), reason="this PyTorch build has no oneDNN linear")
-def test_fast_path_without_autograd_runs_onednn_and_keeps_its_numbers(monkeypatch):
+def test_fast_path_without_autograd_runs_onednn_and_keeps_its_numbers():
     image = torch.rand(2, 3, 128, 96)
     prompts = batch_prompts(PROMPT_NAMES[:2])
-    net = tiny_net().eval()
+    net, mkl = tiny_net(), tiny_net(onednn_linear=False)
     with torch.inference_mode():
         assert _ran_onednn(lambda: net(image, prompts))
         fast = net(image, prompts)
-        monkeypatch.setattr(dense, "_ONEDNN", False)
-        assert not _ran_onednn(lambda: net(image, prompts))
-        plain = net(image, prompts)
+        assert not _ran_onednn(lambda: mkl(image, prompts))
+        plain = mkl(image, prompts)
     for got, expected in zip(fast, plain):
         torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
 
 
 @pytest.mark.parametrize("budget", [1, 700])
-def test_cache_blocks_give_the_numbers_of_one_block(monkeypatch, budget):
+def test_cache_blocks_give_the_numbers_of_one_block(budget):
     """MLPs and the seg head run in token blocks (here one token or row each, or a few with a
     remainder): same outputs in inference and same gradients in training as with each map in one block."""
     image = torch.rand(2, 3, 128, 96)
     prompts = batch_prompts(PROMPT_NAMES[:2])
+    whole_net, blocked_net = tiny_net(cache_block_bytes=2**62), tiny_net(cache_block_bytes=budget)
     with torch.no_grad():
-        whole = tiny_net()(image, prompts)
-    loss_whole, grads_whole = _loss_and_grads(tiny_net(), image, prompts)
-    monkeypatch.setattr(swin_blocks, "CACHE_BLOCK_BYTES", budget)
-    with torch.no_grad():
-        blocked = tiny_net()(image, prompts)
-    loss_blocked, grads_blocked = _loss_and_grads(tiny_net(), image, prompts)
+        # the budget reaches the blocks: only then are maps split
+        assert _ran(lambda: blocked_net(image, prompts), "aten::split")
+        assert not _ran(lambda: whole_net(image, prompts), "aten::split")
+        whole, blocked = whole_net(image, prompts), blocked_net(image, prompts)
+    loss_whole, grads_whole = _loss_and_grads(tiny_net(cache_block_bytes=2**62), image, prompts)
+    loss_blocked, grads_blocked = _loss_and_grads(tiny_net(cache_block_bytes=budget), image, prompts)
     for got, expected in zip(blocked, whole):
         torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(loss_blocked, loss_whole, atol=1e-4, rtol=1e-5)
@@ -147,10 +157,25 @@ def test_training_gradients_of_fast_paths_equal_reference(options):
         assert (grads_fast[name] - grad).abs().max() / scale <= 1e-3, name
 
 
-def test_caches_filled_under_inference_mode_serve_training():
-    """Index maps and shift masks are cached per resolution; one made during inference must not break backward."""
+@pytest.mark.parametrize("height, width", [(256, 256), (384, 384)])
+def test_geometry_of_other_sizes_equals_that_built_for_them(height, width):
+    """A network built for 128² computes the window geometry of another input size on first use;
+    its logits equal those of the same weights built for that size (whose geometry is buffers)."""
+    image = torch.rand(1, 3, height, width)
+    prompts = batch_prompts(PROMPT_NAMES[:1])
     net = tiny_net()
-    image = torch.rand(1, 3, 128, 256)  # a resolution no other test uses, so the caches start empty here
+    sized = tiny_net(img_size=max(height, width))
+    sized.load_state_dict(net.state_dict())
+    with torch.no_grad():
+        for got, expected in zip(net(image, prompts), sized(image, prompts)):
+            assert torch.equal(got, expected)
+
+
+def test_geometry_built_under_inference_mode_serves_training():
+    """The geometry of a size other than the nominal one is kept per block once built; made during
+    an evaluation under inference mode, it must not break a later backward pass."""
+    net = tiny_net()
+    image = torch.rand(1, 3, 128, 256)
     prompts = batch_prompts(PROMPT_NAMES[:1])
     with torch.inference_mode():
         net(image, prompts)
@@ -158,13 +183,35 @@ def test_caches_filled_under_inference_mode_serve_training():
     assert all(torch.isfinite(g).all() for g in grads.values())
 
 
-def test_network_built_under_inference_mode_leaves_caches_that_serve_training():
-    """The relative position index is cached per window size and shared by every network built later."""
-    swin_blocks.relative_position_index.cache_clear()
+def test_network_built_under_inference_mode_leaves_later_networks_trainable():
+    """Each network builds its own geometry: nothing made under inference mode reaches the next one."""
     with torch.inference_mode():
         tiny_net(window_size=5)
     _, grads = _loss_and_grads(tiny_net(window_size=5), torch.rand(1, 3, 160, 160), batch_prompts(PROMPT_NAMES[:1]))
     assert all(torch.isfinite(g).all() for g in grads.values())
+
+
+@pytest.mark.parametrize("device, dtype", [("meta", torch.float32), ("cpu", torch.float64)])
+def test_network_moved_with_to_takes_its_geometry_along(device, dtype):
+    """Geometry buffers follow ``.to(device)`` (the meta device stands in for an accelerator) and
+    a float cast, at the nominal size and at another one."""
+    net = tiny_net().to(device=device, dtype=dtype)
+    prompts = {key: value.to(device, dtype) for key, value in batch_prompts(PROMPT_NAMES[:1]).items()}
+    for height, width in [(128, 128), (96, 200)]:
+        with torch.no_grad():
+            seg, cls = net(torch.rand(1, 3, height, width).to(device, dtype), prompts)
+        assert (seg.device.type, seg.dtype, seg.shape) == (device, dtype, (1, 2, height, width))
+    assert net.encoder[0].blocks[1].geometry.shift_mask.dtype == dtype
+
+
+def assert_bf16_keeps_confident_pixels(seg: torch.Tensor, fp32: torch.Tensor) -> None:
+    """bf16 seg logits give the fp32 mask on every pixel whose fp32 margin bf16 cannot overturn."""
+    assert seg.dtype == torch.bfloat16  # bf16 really ran
+    top = fp32.topk(2, dim=1).values
+    confident = top[:, 0] - top[:, 1] > BF16_STABLE_MARGIN * fp32.abs().max()
+    assert confident.float().mean() > 0.5  # the check covers most pixels of the fixture
+    changed = seg.float().argmax(1) != fp32.argmax(1)
+    assert not (changed & confident).any(), f"{int((changed & confident).sum())} confident pixels changed class"
 
 
 @pytest.mark.parametrize("attention_impl", ["fast", "reference"])
@@ -173,22 +220,21 @@ def test_bf16_autocast_keeps_segmentation_masks_of_official_logits(golden, atten
     net = golden_net(golden, "prompt", attention_impl=attention_impl)
     with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
         seg, _ = net(golden["image"], golden_prompts(golden))
-    official = golden["prompt"]["seg_logits_per_sample"]
-    assert seg.dtype == torch.bfloat16  # bf16 really ran
-    assert (seg.argmax(1) == official.argmax(1)).float().mean() >= BF16_MASK_AGREEMENT
+    assert_bf16_keeps_confident_pixels(seg, golden["prompt"]["seg_logits_per_sample"])
 
 
+@pytest.mark.parametrize("img_size", [224, 448])
 @pytest.mark.parametrize("attention_impl", ["fast", "reference"])
-def test_network_cast_to_bf16_keeps_segmentation_masks_of_official_logits(golden, attention_impl):
-    """bf16 weights and activations (``net.to(torch.bfloat16)``), no autocast: the shift mask
-    (a cached fp32 tensor) must follow the bias dtype in shifted prompted blocks."""
-    net = golden_net(golden, "prompt", attention_impl=attention_impl).to(torch.bfloat16)
+def test_network_cast_to_bf16_keeps_segmentation_masks_of_official_logits(golden, attention_impl, img_size):
+    """bf16 weights and activations (``net.to(torch.bfloat16)``), no autocast. With ``img_size``
+    448 the 224² fixture's shift masks are built on first use in fp32: they must follow the bias
+    dtype in shifted prompted blocks (a dtype error there once stopped every bf16 network)."""
+    net = golden_net(golden, "prompt", attention_impl=attention_impl, img_size=img_size).to(torch.bfloat16)
     prompts = {key: value.to(torch.bfloat16) for key, value in golden_prompts(golden).items()}
     with torch.inference_mode():
         seg, cls = net(golden["image"].to(torch.bfloat16), prompts)
-    official = golden["prompt"]["seg_logits_per_sample"]
-    assert seg.dtype == cls.dtype == torch.bfloat16
-    assert (seg.argmax(1) == official.argmax(1)).float().mean() >= BF16_MASK_AGREEMENT
+    assert cls.dtype == torch.bfloat16
+    assert_bf16_keeps_confident_pixels(seg, golden["prompt"]["seg_logits_per_sample"])
 
 
 def test_bf16_autocast_training_keeps_fp32_master_weights_and_gradients():

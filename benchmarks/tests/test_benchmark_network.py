@@ -7,7 +7,7 @@ import torch
 
 from benchmarks import benchmark_network
 from benchmarks.tests.conftest import SMALL
-from bundle.networks import dense, swin_blocks
+from bundle.networks import dense
 from bundle.workflows.inferers import cpu_supports_bf16
 
 ONE_CALL = ["--batches", "1", "--repeats", "1", "--warmup", "0", "--threads", "1", *SMALL.argv()]
@@ -15,18 +15,26 @@ ONE_CALL = ["--batches", "1", "--repeats", "1", "--warmup", "0", "--threads", "1
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-def test_every_path_gives_the_reference_logits_and_the_switches_are_restored():
-    budget, onednn = swin_blocks.CACHE_BLOCK_BYTES, dense._ONEDNN
+def _ran_onednn(call, args: tuple) -> bool:
+    """Whether ``call(args)`` ran oneDNN's pointwise linear operator."""
+    with torch.profiler.profile() as profile:
+        call(args)
+    return any(event.name == "mkldnn::_linear_pointwise" for event in profile.events())
+
+
+def test_every_path_gives_the_reference_logits_and_only_the_fast_one_runs_onednn():
     args, _, _ = benchmark_network.inputs(1, True, SMALL)
+    calls = benchmark_network.callers(None, SMALL)
     with torch.inference_mode():
-        outputs = {name: call(args) for name, call in benchmark_network.callers(None, SMALL).items()}
+        outputs = {name: call(args) for name, call in calls.items()}
+        onednn = {name: _ran_onednn(call, args) for name, call in calls.items()}
     assert list(outputs) == [
         benchmark_network.REFERENCE,
         benchmark_network.ONE_BLOCK,
         benchmark_network.MKL_LINEAR,
         benchmark_network.FAST,
     ]
-    assert (swin_blocks.CACHE_BLOCK_BYTES, dense._ONEDNN) == (budget, onednn)
+    assert onednn == {name: name == benchmark_network.FAST and dense.onednn_linear_available() for name in calls}
     for name, (seg, cls) in outputs.items():
         expected_seg, expected_cls = outputs[benchmark_network.REFERENCE]
         assert (seg - expected_seg).abs().max() <= 1e-4, name

@@ -7,15 +7,20 @@ hyper-perception and attention-matching downstream synchronization", MedIA 2025.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from monai.networks.layers import trunc_normal_
 from monai.networks.nets.swin_unetr import PatchMergingV2
+from monai.utils import look_up_option
 from torch import nn
 
-from bundle.networks.conv_parts import STEM_NORMS, ConvPatchEmbedding, ConvSegmentationHead
+from bundle.networks.conv_parts import ConvPatchEmbedding
 from bundle.networks.swin_blocks import (
+    ATTENTION_IMPLS,
+    DEFAULT_CACHE_BLOCK_BYTES,
     ChannelHalving,
     PatchEmbedding,
     PatchExpanding,
@@ -26,8 +31,7 @@ from bundle.networks.swin_blocks import (
 from bundle.prompts import DEFAULT_VOCABULARY, PROMPT_KEYS
 
 PROMPT_INITS = ("official", "unit")
-PATCH_EMBEDDINGS = ("linear", "conv")
-SEG_HEADS = ("linear", "conv")
+PATCH_EMBEDDINGS = {"linear": PatchEmbedding, "conv": ConvPatchEmbedding}
 
 __all__ = ["PerceptGuide"]
 
@@ -39,76 +43,94 @@ def _drop_path_rates(depths: Sequence[int], rate: float) -> list[list[float]]:
     return [rates[start : start + depth] for start, depth in zip(starts, depths)]
 
 
+@dataclass(frozen=True)
+class StagePlan:
+    """Widths, depths, heads, drop path and map sizes of a stack of Swin stages, level 0 the finest.
+
+    Args:
+        embed_dim: C; level l is 2^l·C wide.
+        depths: blocks per level.
+        num_heads: heads per level.
+        drop_path: stochastic depth rates per level (one per block).
+        grid: (H, W) of the level-0 map at the network's nominal input size; level l has
+            ``grid / 2^l``.
+        cache_block_bytes: see :class:`~bundle.networks.swin_blocks.SwinBlock`.
+        onednn_linear: see :class:`~bundle.networks.swin_blocks.WindowAttention`.
+        stage_kwargs: the remaining :class:`SwinStage` arguments shared by all stages.
+    """
+
+    embed_dim: int
+    depths: Sequence[int]
+    num_heads: Sequence[int]
+    drop_path: Sequence[Sequence[float]]
+    grid: tuple[int, int]
+    cache_block_bytes: int = DEFAULT_CACHE_BLOCK_BYTES
+    onednn_linear: bool = True
+    stage_kwargs: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def levels(self) -> int:
+        return len(self.depths)
+
+    def width(self, level: int) -> int:
+        return self.embed_dim * 2**level
+
+    def stage(self, level: int, resample: nn.Module | None, map_level: int | None = None) -> SwinStage:
+        """The stage of ``level`` (width, depth, heads), on the map of ``map_level`` (default: ``level``)."""
+        scale = 2 ** (level if map_level is None else map_level)
+        return SwinStage(
+            self.width(level),
+            self.depths[level],
+            self.num_heads[level],
+            drop_path=self.drop_path[level],
+            resample=resample,
+            resolution=(self.grid[0] // scale, self.grid[1] // scale),
+            cache_block_bytes=self.cache_block_bytes,
+            onednn_linear=self.onednn_linear,
+            **self.stage_kwargs,
+        )
+
+
 class SegmentationDecoder(nn.Module):
     """Swin-Unet decoder: patch expanding per stage, skip concat + Linear, prompted blocks, ×4 head.
 
     Args:
-        embed_dim: C, the width of the first encoder stage.
-        depths: decoder depth per level, indexed like the encoder stages (level 0 = finest).
-        num_heads: heads per level.
-        drop_path: stochastic depth rates per level.
+        plan: the decoder's levels (depths, heads, map sizes, block options).
         seg_classes: output channels.
         patch_size: the final expansion factor (back to the input resolution).
         fused_head: apply the 1×1 output convolution before the final depth-to-space (same
             numbers, far less memory traffic); False keeps the official order.
-        image_channels: with a value, the logits come from a :class:`ConvSegmentationHead` over
-            the expanded features and the image (of that many channels) instead of the 1×1 output.
-        stage_kwargs: :class:`SwinStage` arguments shared by all stages.
     """
 
-    def __init__(
-        self,
-        embed_dim: int,
-        depths: Sequence[int],
-        num_heads: Sequence[int],
-        drop_path: Sequence[Sequence[float]],
-        seg_classes: int,
-        patch_size: int,
-        fused_head: bool = True,
-        image_channels: int | None = None,
-        **stage_kwargs,
-    ) -> None:
+    def __init__(self, plan: StagePlan, seg_classes: int, patch_size: int, fused_head: bool = True) -> None:
         super().__init__()
         self.fused_head = fused_head
-        levels = len(depths)
-        bottleneck_dim = embed_dim * 2 ** (levels - 1)
+        bottleneck_dim = plan.width(plan.levels - 1)
         self.expand_bottleneck = PatchExpanding(bottleneck_dim, bottleneck_dim // 2)
         self.fuse = nn.ModuleList()
         self.stages = nn.ModuleList()
-        for level in reversed(range(levels - 1)):
-            dim = embed_dim * 2**level
+        for level in reversed(range(plan.levels - 1)):
+            dim = plan.width(level)
             self.fuse.append(nn.Linear(2 * dim, dim))
-            self.stages.append(
-                SwinStage(
-                    dim,
-                    depths[level],
-                    num_heads[level],
-                    drop_path=drop_path[level],
-                    resample=PatchExpanding(dim, dim // 2) if level > 0 else None,
-                    **stage_kwargs,
-                )
-            )
-        self.norm = nn.LayerNorm(embed_dim)
-        self.final_expand = PatchExpanding(embed_dim, embed_dim, scale=patch_size)
-        self.out: nn.Module
-        if image_channels is None:
-            self.out = nn.Conv2d(embed_dim, seg_classes, kernel_size=1, bias=False)
-        else:
-            self.out = ConvSegmentationHead(embed_dim, image_channels, seg_classes)
+            self.stages.append(plan.stage(level, resample=PatchExpanding(dim, dim // 2) if level > 0 else None))
+        self.norm = nn.LayerNorm(plan.embed_dim)
+        self.final_expand = PatchExpanding(
+            plan.embed_dim,
+            plan.embed_dim,
+            scale=patch_size,
+            cache_block_bytes=plan.cache_block_bytes,
+            onednn_linear=plan.onednn_linear,
+        )
+        self.out = nn.Conv2d(plan.embed_dim, seg_classes, kernel_size=1, bias=False)
 
     def forward(
-        self,
-        bottleneck: torch.Tensor,
-        skips: Sequence[torch.Tensor],
-        prompts: Mapping[str, torch.Tensor] | None,
-        image: torch.Tensor | None = None,
+        self, bottleneck: torch.Tensor, skips: Sequence[torch.Tensor], prompts: Mapping[str, torch.Tensor] | None
     ) -> torch.Tensor:
         """
         Args:
             bottleneck: (B, h, w, 2^(L-1)·C) normalised encoder output.
             skips: encoder stage inputs, finest first: (B, 2^(L-1-i)·h, …, 2^i·C).
             prompts: one-hot prompts {key: (B, n_k)} or None.
-            image: (B, C_in, H, W) network input; needed by the convolution head only.
 
         Returns:
             seg logits (B, seg_classes, patch·2^(L-1)·h, patch·2^(L-1)·w).
@@ -117,8 +139,6 @@ class SegmentationDecoder(nn.Module):
         for fuse, stage, skip in zip(self.fuse, self.stages, reversed(skips[:-1])):
             x = stage(fuse(torch.cat([x, skip], dim=-1)), prompts)
         x = self.norm(x)
-        if isinstance(self.out, ConvSegmentationHead):
-            return self.out(self.final_expand(x).permute(0, 3, 1, 2), image)
         if self.fused_head:
             return self.final_expand.project(x, self.out.weight.flatten(1))
         return self.out(self.final_expand(x).permute(0, 3, 1, 2))
@@ -128,43 +148,22 @@ class ClassificationDecoder(nn.Module):
     """Classification decoder: stages at the bottleneck resolution fed by average-pooled skips.
 
     Args:
-        embed_dim: C.
-        depths: decoder depth per level (level 0 = finest); levels L-1 … 1 are used.
-        num_heads: heads per level.
-        drop_path: stochastic depth rates per level.
+        plan: the decoder's levels; levels L-1 … 1 are used, all on the bottleneck's map.
         cls_classes: output classes.
-        stage_kwargs: :class:`SwinStage` arguments shared by all stages.
     """
 
-    def __init__(
-        self,
-        embed_dim: int,
-        depths: Sequence[int],
-        num_heads: Sequence[int],
-        drop_path: Sequence[Sequence[float]],
-        cls_classes: int,
-        **stage_kwargs,
-    ) -> None:
+    def __init__(self, plan: StagePlan, cls_classes: int) -> None:
         super().__init__()
-        levels = len(depths)
         self.fuse = nn.ModuleList()
         self.stages = nn.ModuleList()
-        for level in reversed(range(1, levels)):
-            dim = embed_dim * 2**level
+        for level in reversed(range(1, plan.levels)):
+            dim = plan.width(level)
             # the pooled skip entering this stage has half its width
             self.fuse.append(nn.Linear(dim + dim // 2, dim))
-            self.stages.append(
-                SwinStage(
-                    dim,
-                    depths[level],
-                    num_heads[level],
-                    drop_path=drop_path[level],
-                    resample=ChannelHalving(dim) if level > 1 else None,
-                    **stage_kwargs,
-                )
-            )
-        self.norm = nn.LayerNorm(2 * embed_dim)
-        self.head = nn.Linear(2 * embed_dim, cls_classes)
+            resample = ChannelHalving(dim) if level > 1 else None
+            self.stages.append(plan.stage(level, resample=resample, map_level=plan.levels - 1))
+        self.norm = nn.LayerNorm(plan.width(1))
+        self.head = nn.Linear(plan.width(1), cls_classes)
 
     def forward(
         self, bottleneck: torch.Tensor, skips: Sequence[torch.Tensor], prompts: Mapping[str, torch.Tensor] | None
@@ -182,8 +181,10 @@ class PerceptGuide(nn.Module):
     """PerceptGuide network: Swin encoder, prompted segmentation and classification decoders.
 
     Args:
-        img_size: nominal (training) input side; inputs of any size are accepted and padded
-            internally to a multiple of ``patch_size · window_size · 2^(stages-1)``.
+        img_size: nominal (training) input side, whose window geometry (shift masks, token index
+            maps) every block builds with the network; inputs of any size are accepted (their
+            geometry is built on first use) and padded internally to a multiple of
+            ``patch_size · window_size · 2^(stages-1)``.
         in_channels: image channels.
         embed_dim: C, width of the first stage (96 in the paper).
         encoder_depths: Swin blocks per encoder stage.
@@ -215,14 +216,15 @@ class PerceptGuide(nn.Module):
             prompt factors near 1 (fitting 48 demo images, loss 0.10 vs 0.14 after 200 steps).
             Only changes the initial values; checkpoints load either way.
         patch_embed: ``"linear"`` (official: one strided projection of each patch) or ``"conv"``
-            (:class:`~bundle.networks.conv_parts.ConvPatchEmbedding`, stride-2 3×3 convolutions).
-        stem_norm: normalisation in the convolution stem, ``"batch"`` or ``"instance"`` (per
-            image: no running statistics, so unseen grey levels and contrasts are normalised
-            away); only used with ``patch_embed="conv"``.
-        seg_head: ``"linear"`` (official: each final token projected to a patch of logits) or
-            ``"conv"`` (:class:`~bundle.networks.conv_parts.ConvSegmentationHead`, a 3×3
-            convolution over the expanded features and the image at full resolution). The conv
-            options are for small networks trained from scratch; official checkpoints need both linear.
+            (:class:`~bundle.networks.conv_parts.ConvPatchEmbedding`, stride-2 3×3 convolutions,
+            for small networks trained from scratch; official checkpoints need ``"linear"``).
+        onednn_linear: run the fast path's Linear layers through oneDNN's inner product where
+            :func:`bundle.networks.dense.linear` allows it (fp32 CPU forwards without autograd,
+            autocast, compile, tracing or export, on a PyTorch build that has it); False keeps
+            ``F.linear``. Same numbers within float rounding.
+        cache_block_bytes: in inference, the MLPs and the seg head of the fast path run over
+            blocks of tokens whose widest intermediate has about this many bytes, so that it
+            stays in cache; a value above a whole map's keeps every map in one piece. Same numbers.
 
     Example::
 
@@ -256,20 +258,15 @@ class PerceptGuide(nn.Module):
         use_checkpoint: bool = False,
         prompt_init: str = "official",
         patch_embed: str = "linear",
-        seg_head: str = "linear",
-        stem_norm: str = "batch",
+        onednn_linear: bool = True,
+        cache_block_bytes: int = DEFAULT_CACHE_BLOCK_BYTES,
     ) -> None:
         super().__init__()
         # the constructor arguments, which a self-describing checkpoint stores to rebuild this network
         self.arguments = {name: value for name, value in locals().items() if name not in ("self", "__class__")}
-        for name, value, allowed in (
-            ("prompt_init", prompt_init, PROMPT_INITS),
-            ("patch_embed", patch_embed, PATCH_EMBEDDINGS),
-            ("seg_head", seg_head, SEG_HEADS),
-            ("stem_norm", stem_norm, STEM_NORMS),
-        ):
-            if value not in allowed:
-                raise ValueError(f"{name} must be one of {list(allowed)}, got '{value}'.")
+        prompt_init = look_up_option(prompt_init, PROMPT_INITS)
+        embedding_class = look_up_option(patch_embed, PATCH_EMBEDDINGS)
+        attention_impl = look_up_option(attention_impl, ATTENTION_IMPLS)
         levels = len(encoder_depths)
         if levels < 2 or not len(decoder_depths) == len(num_heads) == levels:
             raise ValueError(
@@ -281,6 +278,8 @@ class PerceptGuide(nn.Module):
                 raise ValueError(f"stage {level} width {embed_dim * 2**level} is not divisible by {heads} heads.")
         if seg_classes < 1 or cls_classes < 1:
             raise ValueError(f"seg_classes and cls_classes must be >= 1, got {seg_classes} and {cls_classes}.")
+        if cache_block_bytes < 1:
+            raise ValueError(f"cache_block_bytes must be >= 1, got {cache_block_bytes}.")
         sizes = dict(DEFAULT_VOCABULARY.sizes if prompt_sizes is None else prompt_sizes)
         if prompt and sorted(sizes) != sorted(PROMPT_KEYS):
             raise ValueError(f"prompt_sizes needs exactly the keys {list(PROMPT_KEYS)}, got {sorted(sizes)}.")
@@ -289,6 +288,8 @@ class PerceptGuide(nn.Module):
         self.prompt = prompt
         self.prompt_sizes = sizes if prompt else {}
         self.pad_multiple = patch_size * window_size * 2 ** (levels - 1)
+        # the level-0 map of a nominal input, padded as forward pads it
+        side = -(-img_size // self.pad_multiple) * self.pad_multiple // patch_size
 
         common = {
             "window_size": window_size,
@@ -299,46 +300,34 @@ class PerceptGuide(nn.Module):
             "attention_impl": attention_impl,
             "use_checkpoint": use_checkpoint,
         }
-        self.patch_embed: nn.Module
-        if patch_embed == "conv":
-            self.patch_embed = ConvPatchEmbedding(patch_size, in_channels, embed_dim, norm=stem_norm)
-        else:
-            self.patch_embed = PatchEmbedding(patch_size, in_channels, embed_dim)
+        self.patch_embed = embedding_class(patch_size, in_channels, embed_dim)
         self.pos_drop = nn.Dropout(drop_rate)
-        encoder_rates = _drop_path_rates(encoder_depths, drop_path_rate)
+        encoder = StagePlan(
+            embed_dim,
+            encoder_depths,
+            num_heads,
+            _drop_path_rates(encoder_depths, drop_path_rate),
+            grid=(side, side),
+            cache_block_bytes=cache_block_bytes,
+            onednn_linear=onednn_linear,
+            stage_kwargs=common,
+        )
         self.encoder = nn.ModuleList(
-            SwinStage(
-                embed_dim * 2**level,
-                encoder_depths[level],
-                num_heads[level],
-                drop_path=encoder_rates[level],
-                resample=PatchMergingV2(embed_dim * 2**level, spatial_dims=2) if level < levels - 1 else None,
-                **common,
-            )
+            encoder.stage(level, PatchMergingV2(encoder.width(level), spatial_dims=2) if level < levels - 1 else None)
             for level in range(levels)
         )
-        self.encoder_norm = nn.LayerNorm(embed_dim * 2 ** (levels - 1))
+        self.encoder_norm = nn.LayerNorm(encoder.width(levels - 1))
 
-        decoder_common = dict(
-            common,
-            prompt_sizes=self.prompt_sizes or None,
-            official_batch_prompt_bug=official_batch_prompt_bug,
+        decoder = replace(
+            encoder,
+            depths=decoder_depths,
+            drop_path=_drop_path_rates(decoder_depths, drop_path_rate),
+            stage_kwargs=dict(
+                common, prompt_sizes=self.prompt_sizes or None, official_batch_prompt_bug=official_batch_prompt_bug
+            ),
         )
-        decoder_rates = _drop_path_rates(decoder_depths, drop_path_rate)
-        self.seg_decoder = SegmentationDecoder(
-            embed_dim,
-            decoder_depths,
-            num_heads,
-            decoder_rates,
-            seg_classes,
-            patch_size,
-            fused_head=attention_impl == "fast",
-            image_channels=in_channels if seg_head == "conv" else None,
-            **decoder_common,
-        )
-        self.cls_decoder = ClassificationDecoder(
-            embed_dim, decoder_depths, num_heads, decoder_rates, cls_classes, **decoder_common
-        )
+        self.seg_decoder = SegmentationDecoder(decoder, seg_classes, patch_size, fused_head=attention_impl == "fast")
+        self.cls_decoder = ClassificationDecoder(decoder, cls_classes)
         self.apply(self._init_weights)
         if prompt_init == "unit":
             self.apply(self._unit_prompt_init)
@@ -411,6 +400,6 @@ class PerceptGuide(nn.Module):
             x = stage(x)
         bottleneck = self.encoder_norm(x)
 
-        seg_logits = self.seg_decoder(bottleneck, skips, checked, image)
+        seg_logits = self.seg_decoder(bottleneck, skips, checked)
         cls_logits = self.cls_decoder(bottleneck, skips, checked)
         return seg_logits[:, :, :height, :width], cls_logits

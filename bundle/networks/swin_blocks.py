@@ -19,8 +19,9 @@ Two computation paths, selected by ``attention_impl``:
 
 - ``"fast"``: the above, ``scaled_dot_product_attention`` on 4-D ``(B·nW, heads, N, d)`` views
   for unprompted blocks, windows gathered with one ``index_select`` whose index map (cyclic
-  shift included) is computed once per resolution, and the MLPs and the seg head run over blocks
-  of tokens small enough for their widest intermediate to stay in cache (:func:`in_cache_blocks`).
+  shift included) each block keeps for its map size (:class:`WindowGeometry`), and the MLPs and
+  the seg head run over blocks of tokens small enough for their widest intermediate to stay in
+  cache (:func:`in_cache_blocks`).
 - ``"reference"``: the official order of operations (``torch.roll``, window partition, explicit
   ``q W kᵀ`` with the ``d × d`` matrix per head, softmax, window reverse), kept as the
   official-equivalent baseline for tests and benchmarks.
@@ -29,13 +30,13 @@ Two computation paths, selected by ``attention_impl``:
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from functools import lru_cache, wraps
 
 import torch
 import torch.nn.functional as F
 from monai.networks.blocks import MLPBlock
 from monai.networks.layers import DropPath, trunc_normal_
 from monai.networks.nets.swin_unetr import compute_mask, window_partition, window_reverse
+from monai.utils import look_up_option
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
@@ -44,20 +45,23 @@ from bundle.networks import dense
 ATTENTION_IMPLS = ("fast", "reference")
 # Token-wise work on large maps runs in blocks whose widest intermediate (the MLP hidden layer,
 # the seg head's expanded sub-pixels) has about this size, so that it stays in cache between the
-# GEMM that writes it and the ops that read it (docs/performance.md, session 9).
-CACHE_BLOCK_BYTES = 2 << 20
+# GEMM that writes it and the ops that read it (docs/performance.md).
+DEFAULT_CACHE_BLOCK_BYTES = 2 << 20
+# map sizes other than the nominal one whose window geometry a block keeps
+OTHER_SIZES_KEPT = 8
 
 
 def in_cache_blocks(
-    fn: Callable[[torch.Tensor], torch.Tensor], tokens: torch.Tensor, bytes_per_token: int
+    fn: Callable[[torch.Tensor], torch.Tensor], tokens: torch.Tensor, bytes_per_token: int, budget: int
 ) -> torch.Tensor:
     """Apply ``fn`` to blocks of ``tokens`` along dim 0 and concatenate the results along dim 0.
 
     ``fn`` must treat the entries along dim 0 independently (LayerNorm, Linear, GELU do); the
     result is then the same as ``fn(tokens)``. ``bytes_per_token`` is the size of ``fn``'s widest
-    intermediate per entry. Under ``torch.compile``, one block.
+    intermediate per entry, ``budget`` the bytes of that intermediate per block. Under
+    ``torch.compile``, one block.
     """
-    step = max(1, CACHE_BLOCK_BYTES // bytes_per_token)
+    step = max(1, budget // bytes_per_token)
     # under torch.compile the map stays whole: inductor fuses the element-wise ops into its own
     # kernels, and Python-level blocks would be unrolled into its graph
     if tokens.shape[0] <= step or torch.compiler.is_compiling():
@@ -70,41 +74,10 @@ def prompt_slot(key: str) -> str:
     return f"{key}_prompt"
 
 
-def cached_outside_inference_mode(maxsize: int) -> Callable[[Callable], Callable]:
-    """``lru_cache`` for geometry tensors (masks, index maps), built outside inference mode.
-
-    The cache is shared by every network of the process: a tensor first built under
-    ``torch.inference_mode`` (an evaluation, or a network constructed there) would otherwise
-    break the backward pass of a network trained later with the same geometry.
-    """
-
-    def decorate(build: Callable) -> Callable:
-        @lru_cache(maxsize=maxsize)
-        @wraps(build)
-        def cached(*args):
-            with torch.inference_mode(False):
-                return build(*args)
-
-        return cached
-
-    return decorate
-
-
-@cached_outside_inference_mode(maxsize=64)
-def shifted_window_mask(height: int, width: int, window: int, shift: int, device: torch.device) -> torch.Tensor:
-    """Additive mask (nW, N, N) that stops attention across the wrap-around of a cyclic shift.
-
-    Masked pairs get -100 (MONAI and the official code alike). Cached per resolution and device:
-    it depends on nothing else, and rebuilding it in every block of every forward costs time.
-    """
-    return compute_mask([height, width], (window, window), (shift, shift), device)
-
-
-@cached_outside_inference_mode(maxsize=64)
 def window_token_order(
-    height: int, width: int, window: int, shift: int, device: torch.device
+    height: int, width: int, window: int, shift: int, device: torch.device | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Token index maps between a raster (H·W) map and its shifted windows, cached per resolution.
+    """Token index maps between a raster (H·W) map and its shifted windows.
 
     ``tokens.index_select(1, gather)`` equals ``window_partition(torch.roll(x, (-shift, -shift)))``
     flattened to (B, nW·N, C), windows in MONAI's order; ``index_select(1, scatter)`` undoes it.
@@ -122,12 +95,78 @@ def window_token_order(
     return gather, scatter
 
 
-@cached_outside_inference_mode(maxsize=16)
 def relative_position_index(window: int) -> torch.Tensor:
     """Index (N, N), N = window², into the ((2·window − 1)², heads) relative position bias table."""
     coords = torch.stack(torch.meshgrid(torch.arange(window), torch.arange(window), indexing="ij")).flatten(1)
     relative = (coords[:, :, None] - coords[:, None, :]).permute(1, 2, 0) + (window - 1)
     return relative[..., 0] * (2 * window - 1) + relative[..., 1]
+
+
+class WindowGeometry(nn.Module):
+    """Shift mask and token index maps of one block's (shifted) windows over a (H, W) map.
+
+    The maps of the map size the block sees at the network's nominal input size are
+    non-persistent buffers built here, as timm's ``attn_mask``: they follow ``.to(device/dtype)``
+    and stay out of the state dict. The maps of other sizes are built on first use and kept per
+    size and device (at most :data:`OTHER_SIZES_KEPT`), outside inference mode, so that maps
+    first built in an evaluation serve the backward pass of later training.
+
+    Args:
+        window_size: window side.
+        shift_size: cyclic shift of SW-MSA, 0 for W-MSA; dropped on maps no larger than one
+            window, as in the official code.
+        resolution: (H, W) of the block's map at the nominal input size, multiples of
+            ``window_size``; None builds every size on first use.
+    """
+
+    def __init__(self, window_size: int, shift_size: int = 0, resolution: Sequence[int] | None = None) -> None:
+        super().__init__()
+        if not 0 <= shift_size < window_size:
+            raise ValueError(f"shift_size must be in [0, window_size), got {shift_size} for window {window_size}.")
+        self.window_size = window_size
+        self.shift_size = shift_size
+        self.resolution = None if resolution is None else (int(resolution[0]), int(resolution[1]))
+        maps: tuple[torch.Tensor | None, ...] = (None, None, None)
+        if self.resolution is not None:
+            if self.resolution[0] % window_size or self.resolution[1] % window_size:
+                raise ValueError(f"resolution {self.resolution} is not a multiple of the window size {window_size}.")
+            maps = self._build(*self.resolution, torch.device("cpu"))
+        self.register_buffer("shift_mask", maps[0], persistent=False)
+        self.register_buffer("gather", maps[1], persistent=False)
+        self.register_buffer("scatter", maps[2], persistent=False)
+        self._other_sizes: dict[tuple[int, int, torch.device], tuple[torch.Tensor | None, torch.Tensor, torch.Tensor]] = {}
+
+    def shift(self, height: int, width: int) -> int:
+        """The cyclic shift applied on a (H, W) map."""
+        return self.shift_size if min(height, width) > self.window_size else 0
+
+    def maps(
+        self, height: int, width: int, device: torch.device
+    ) -> tuple[torch.Tensor | None, torch.Tensor, torch.Tensor]:
+        """Shift mask (nW, N, N) (None without shift), gather and scatter (H·W,) of a (H, W) map.
+
+        The mask's -100 entries stop attention across the wrap-around of the shift (MONAI's
+        ``compute_mask``, as the official code); see :func:`window_token_order` for the maps.
+        """
+        if (height, width) == self.resolution:
+            return self.shift_mask, self.gather, self.scatter
+        if torch.compiler.is_compiling():
+            return self._build(height, width, device)
+        key = (height, width, device)
+        if key not in self._other_sizes:
+            if len(self._other_sizes) >= OTHER_SIZES_KEPT:
+                self._other_sizes.pop(next(iter(self._other_sizes)))
+            with torch.inference_mode(False):
+                self._other_sizes[key] = self._build(height, width, device)
+        return self._other_sizes[key]
+
+    def _build(
+        self, height: int, width: int, device: torch.device
+    ) -> tuple[torch.Tensor | None, torch.Tensor, torch.Tensor]:
+        """The maps of :meth:`maps`, fp32 mask, on ``device``."""
+        window, shift = self.window_size, self.shift(height, width)
+        mask = compute_mask([height, width], (window, window), (shift, shift), device) if shift else None
+        return (mask, *window_token_order(height, width, window, shift, device))
 
 
 class PromptProjection(nn.ModuleDict):
@@ -168,6 +207,8 @@ class WindowAttention(nn.Module):
             ``(q·scale) W kᵀ`` as the official code, for tests and benchmarks).
         official_batch_prompt_bug: give window i the prompts of sample ``i % B`` as the official
             code does; only for parity with official checkpoints' reported numbers.
+        onednn_linear: run the fast path's projections through oneDNN's inner product where
+            :func:`bundle.networks.dense.linear` allows it; False keeps ``F.linear``.
     """
 
     def __init__(
@@ -181,18 +222,18 @@ class WindowAttention(nn.Module):
         prompt_keys: Sequence[str] = (),
         attention_impl: str = "fast",
         official_batch_prompt_bug: bool = False,
+        onednn_linear: bool = True,
     ) -> None:
         super().__init__()
         if dim % num_heads != 0:
             raise ValueError(f"dim {dim} must be divisible by num_heads {num_heads}.")
-        if attention_impl not in ATTENTION_IMPLS:
-            raise ValueError(f"attention_impl must be one of {ATTENTION_IMPLS}, got '{attention_impl}'.")
         self.num_heads = num_heads
         self.head_dim = dim // num_heads
         self.scale = self.head_dim**-0.5
         self.window_size = window_size
-        self.attention_impl = attention_impl
+        self.attention_impl = look_up_option(attention_impl, ATTENTION_IMPLS)
         self.official_batch_prompt_bug = official_batch_prompt_bug
+        self.onednn_linear = onednn_linear
         self.attn_drop = attn_drop
 
         self.relative_position_bias_table = nn.Parameter(torch.zeros((2 * window_size - 1) ** 2, num_heads))
@@ -214,8 +255,8 @@ class WindowAttention(nn.Module):
     def _additive(self, shift_mask: torch.Tensor | None) -> torch.Tensor:
         """Bias plus shift mask, (heads, N, N) or (nW, heads, N, N)."""
         bias = self._bias()
-        # the cached mask is fp32; a network cast to bf16 has a bf16 bias, and the fp32 sum
-        # would then meet bf16 values in the prompted attention's matmul
+        # masks built on first use are fp32: in a network cast to bf16 the fp32 sum would meet
+        # bf16 values in the prompted attention's matmul
         return bias if shift_mask is None else bias + shift_mask.to(bias.dtype).unsqueeze(1)
 
     def _qkv_parts(self) -> tuple[torch.Tensor, ...]:
@@ -265,13 +306,13 @@ class WindowAttention(nn.Module):
             out = self._rank_one(windows, batch, shift_mask, prompt_embedding)
         else:
             out = self._fused(windows, batch, shift_mask)
-        return self.proj_drop(dense.linear(out, self.proj.weight, self.proj.bias))
+        return self.proj_drop(dense.linear(out, self.proj.weight, self.proj.bias, onednn=self.onednn_linear))
 
     def _fused(self, windows: torch.Tensor, batch: int, shift_mask: torch.Tensor | None) -> torch.Tensor:
         """Plain window attention on 4-D (B·nW, heads, N, d) views of the projection: (B·nW, N, C)."""
         total, n, channels = windows.shape
         heads = self.num_heads
-        qkv = dense.linear(windows, self.qkv.weight, self.qkv.bias)
+        qkv = dense.linear(windows, self.qkv.weight, self.qkv.bias, onednn=self.onednn_linear)
         q, k, v = qkv.view(total, n, 3, heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
         additive = self._additive(shift_mask)
         if torch.is_grad_enabled() and additive.requires_grad:
@@ -323,7 +364,8 @@ class WindowAttention(nn.Module):
                 bias = torch.cat([bias_qa.expand(batch, -1), (b * bias_k).sum(-1)], dim=1)  # (B, 2·heads)
                 projected = torch.baddbmm(bias.unsqueeze(1), tokens, weight)
             q_a, k_b = projected.view(batch, num_windows, n, 2, heads).unbind(3)
-        value = dense.linear(tokens, weight_v.reshape(channels, channels), None if bias_v is None else bias_v.reshape(-1))
+        bias_v = None if bias_v is None else bias_v.reshape(-1)
+        value = dense.linear(tokens, weight_v.reshape(channels, channels), bias_v, onednn=self.onednn_linear)
 
         q_a = q_a.permute(0, 1, 3, 2).unsqueeze(-1)  # (B, nW, heads, N, 1)
         k_b = k_b.permute(0, 1, 3, 2).unsqueeze(-2)  # (B, nW, heads, 1, N)
@@ -373,6 +415,11 @@ class SwinBlock(nn.Module):
         prompt_sizes: one-hot length per prompt key; None for an unprompted (encoder) block.
         attention_impl: see :class:`WindowAttention`.
         official_batch_prompt_bug: see :class:`WindowAttention`.
+        resolution: (H, W) of this block's map at the network's nominal input size, whose window
+            geometry is built here (:class:`WindowGeometry`); None builds each size on first use.
+        cache_block_bytes: size of the MLP hidden layer per block of tokens in inference (see
+            :func:`in_cache_blocks`); a value above the whole map's keeps the map in one piece.
+        onednn_linear: see :class:`WindowAttention`.
     """
 
     def __init__(
@@ -389,12 +436,15 @@ class SwinBlock(nn.Module):
         prompt_sizes: Mapping[str, int] | None = None,
         attention_impl: str = "fast",
         official_batch_prompt_bug: bool = False,
+        resolution: Sequence[int] | None = None,
+        cache_block_bytes: int = DEFAULT_CACHE_BLOCK_BYTES,
+        onednn_linear: bool = True,
     ) -> None:
         super().__init__()
-        if not 0 <= shift_size < window_size:
-            raise ValueError(f"shift_size must be in [0, window_size), got {shift_size} for window {window_size}.")
         self.window_size = window_size
-        self.shift_size = shift_size
+        self.geometry = WindowGeometry(window_size, shift_size, resolution)
+        self.cache_block_bytes = cache_block_bytes
+        self.onednn_linear = onednn_linear
         self.prompt_proj = PromptProjection(dim, prompt_sizes) if prompt_sizes else None
         self.norm1 = nn.LayerNorm(dim)
         self.attn = WindowAttention(
@@ -407,6 +457,7 @@ class SwinBlock(nn.Module):
             prompt_keys=tuple(prompt_sizes) if prompt_sizes else (),
             attention_impl=attention_impl,
             official_batch_prompt_bug=official_batch_prompt_bug,
+            onednn_linear=onednn_linear,
         )
         self.drop_path = DropPath(drop_path) if drop_path > 0.0 else nn.Identity()
         self.norm2 = nn.LayerNorm(dim)
@@ -418,14 +469,14 @@ class SwinBlock(nn.Module):
         window = self.window_size
         if height % window or width % window:
             raise ValueError(f"feature map {height}x{width} is not a multiple of the window size {window}.")
-        shift = self.shift_size if min(height, width) > window else 0
+        shift = self.geometry.shift(height, width)
+        mask, gather, scatter = self.geometry.maps(height, width, x.device)
 
         embedding = self.prompt_proj(prompts) if self.prompt_proj is not None else None
-        mask = shifted_window_mask(height, width, window, shift, x.device) if shift else None
         if self.attn.attention_impl == "reference":
             attended = self._attend_rolled(self.norm1(x), shift, mask, embedding)
         else:
-            attended = self._attend_gathered(self.norm1(x), shift, mask, embedding)
+            attended = self._attend_gathered(self.norm1(x), gather, scatter, mask, embedding)
         x = x + self.drop_path(attended)
         if self.attn.attention_impl == "reference" or (self.training and isinstance(self.drop_path, DropPath)):
             return x + self.drop_path(self.mlp(self.norm2(x)))
@@ -433,15 +484,25 @@ class SwinBlock(nn.Module):
         # depth drops whole samples, so with it the map stays in one piece
         hidden_bytes = self.mlp.linear1.out_features * x.element_size()
         tokens = x.reshape(-1, x.shape[-1])
-        return in_cache_blocks(lambda t: t + dense.mlp(self.mlp, self.norm2(t)), tokens, hidden_bytes).view_as(x)
+        out = in_cache_blocks(
+            lambda t: t + dense.mlp(self.mlp, self.norm2(t), onednn=self.onednn_linear),
+            tokens,
+            hidden_bytes,
+            self.cache_block_bytes,
+        )
+        return out.view_as(x)
 
     def _attend_gathered(
-        self, x: torch.Tensor, shift: int, mask: torch.Tensor | None, embedding: torch.Tensor | None
+        self,
+        x: torch.Tensor,
+        gather: torch.Tensor,
+        scatter: torch.Tensor,
+        mask: torch.Tensor | None,
+        embedding: torch.Tensor | None,
     ) -> torch.Tensor:
-        """(Shifted) window attention of (B, H, W, C) with one token gather each way."""
+        """(Shifted) window attention of (B, H, W, C) with one token gather each way (index maps (H·W,))."""
         batch, height, width, channels = x.shape
         window = self.window_size
-        gather, scatter = window_token_order(height, width, window, shift, x.device)
         windows = x.reshape(batch, height * width, channels).index_select(1, gather)
         out = self.attn(windows.view(-1, window * window, channels), batch, mask, embedding)
         return out.view(batch, height * width, channels).index_select(1, scatter).view(batch, height, width, channels)
@@ -466,11 +527,24 @@ class PatchExpanding(nn.Module):
         dim: input channels C.
         out_dim: output channels; the Linear maps C to ``scale² · out_dim``.
         scale: spatial upsampling factor.
+        cache_block_bytes: size of the expanded sub-pixels per block of token rows in
+            :meth:`project` (see :func:`in_cache_blocks`).
+        onednn_linear: run :meth:`project`'s Linear layers through
+            :func:`bundle.networks.dense.linear`'s oneDNN path where it applies.
     """
 
-    def __init__(self, dim: int, out_dim: int, scale: int = 2) -> None:
+    def __init__(
+        self,
+        dim: int,
+        out_dim: int,
+        scale: int = 2,
+        cache_block_bytes: int = DEFAULT_CACHE_BLOCK_BYTES,
+        onednn_linear: bool = True,
+    ) -> None:
         super().__init__()
         self.scale = scale
+        self.cache_block_bytes = cache_block_bytes
+        self.onednn_linear = onednn_linear
         self.expand = nn.Linear(dim, scale * scale * out_dim, bias=False)
         self.norm = nn.LayerNorm(out_dim)
 
@@ -499,9 +573,10 @@ class PatchExpanding(nn.Module):
         s, classes = self.scale, weight.shape[0]
         row_bytes = width * s * s * self.norm.normalized_shape[0] * x.element_size()
         pixels = in_cache_blocks(
-            lambda rows: dense.linear(self._expanded(rows.unsqueeze(0), fast=True), weight).squeeze(0),
+            lambda rows: self._linear(self._expanded(rows.unsqueeze(0), fast=True), weight).squeeze(0),
             x.reshape(batch * height, width, channels),
             row_bytes,
+            self.cache_block_bytes,
         ).view(batch, height, width, s, s, classes)
         return pixels.permute(0, 5, 1, 3, 2, 4).reshape(batch, classes, height * s, width * s)
 
@@ -513,8 +588,12 @@ class PatchExpanding(nn.Module):
         through :func:`bundle.networks.dense.linear`.
         """
         batch, height, width, _ = x.shape
-        expanded = dense.linear(x, self.expand.weight) if fast else self.expand(x)
+        expanded = self._linear(x, self.expand.weight) if fast else self.expand(x)
         return self.norm(expanded.view(batch, height, width, self.scale, self.scale, -1))
+
+    def _linear(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        """Bias-free (..., C_in) -> (..., C_out) through :func:`bundle.networks.dense.linear`."""
+        return dense.linear(x, weight, onednn=self.onednn_linear)
 
 
 class ChannelHalving(nn.Module):
@@ -541,7 +620,7 @@ class SwinStage(nn.Module):
         drop_path: stochastic depth rate per block (length ``depth``).
         resample: module applied after the blocks (patch merging, expanding, channel halving).
         use_checkpoint: recompute each block in the backward pass to save activation memory.
-        block_kwargs: the remaining :class:`SwinBlock` arguments.
+        block_kwargs: the remaining :class:`SwinBlock` arguments (``resolution`` included).
     """
 
     def __init__(

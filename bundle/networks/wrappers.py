@@ -7,13 +7,15 @@ expect that interface; the two-output, prompt-taking network stays the one that 
 from __future__ import annotations
 
 import torch
+from monai.utils import look_up_option
 from torch import nn
 
 from bundle.prompts import DEFAULT_VOCABULARY, PROMPT_KEYS, PromptVocabulary
 
 __all__ = ["PromptedSegmenter"]
 
-OUTPUTS = ("seg", "cls")
+# position of each output in the network's (seg logits, cls logits)
+OUTPUTS = {"seg": 0, "cls": 1}
 
 
 class PromptedSegmenter(nn.Module):
@@ -40,12 +42,10 @@ class PromptedSegmenter(nn.Module):
         vocabulary: PromptVocabulary = DEFAULT_VOCABULARY,
     ) -> None:
         super().__init__()
-        if output not in OUTPUTS:
-            raise ValueError(f"output must be one of {OUTPUTS}, got '{output}'.")
+        self.output_index = look_up_option(output, OUTPUTS)
         if getattr(net, "prompt", False) and vocabulary.sizes != dict(net.prompt_sizes):
             raise ValueError(f"vocabulary sizes {vocabulary.sizes} do not match the network's {dict(net.prompt_sizes)}.")
         self.net = net
-        self.output_index = OUTPUTS.index(output)
         encoded = vocabulary.encode({"position": organ, "task": task, "mode": mode, "type": object_type})
         for key in PROMPT_KEYS:
             self.register_buffer(f"prompt_{key}", encoded[key].unsqueeze(0), persistent=False)
