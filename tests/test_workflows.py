@@ -122,15 +122,6 @@ def test_loss_weights_and_background_dice_reach_the_loss(files, overrides, expec
     assert (seg_loss.lambda_ce, seg_loss.lambda_dice, seg_loss.dice.include_background) == expected
 
 
-@pytest.mark.parametrize(
-    "overrides, norm", [({}, torch.nn.BatchNorm2d), ({"network_def#stem_norm": "instance"}, torch.nn.InstanceNorm2d)]
-)
-def test_stem_norm_reaches_the_network_of_evaluate_yaml(overrides, norm):
-    """The key that session-8 runs K* and L* set: cpu.yaml's conv stem takes it in evaluate.yaml too."""
-    stem = parsed(["evaluate.yaml", "cpu.yaml"], "network_def", **overrides).patch_embed
-    assert {type(m) for m in stem.modules() if isinstance(m, (torch.nn.BatchNorm2d, torch.nn.InstanceNorm2d))} == {norm}
-
-
 def test_evaluate_writes_metric_tables_and_overlays(pretrained, workdir, datalist):
     eval_dir = workdir / "eval"
     run_bundle("evaluate", overrides={"datalist": datalist, "ckpt_path": pretrained, "eval_dir": eval_dir})
