@@ -26,7 +26,7 @@ from monai.bundle import ConfigParser
 
 from benchmarks import BUNDLE_ROOT
 from bundle.workflows.inferers import PromptInferer, cpu_supports_bf16
-from bundle.workflows.losses import SEGMENTATION
+from bundle.prompts import SEGMENTATION, TASKS
 
 DEFAULT_CONFIGS = "['configs/evaluate.yaml','configs/cpu.yaml']"
 
@@ -50,7 +50,7 @@ def predictions(parser: ConfigParser) -> tuple[dict[str, list[dict]], dict[str, 
                 samples[precision] += [
                     {
                         "dataset": dataset,
-                        "task": int(targets["task_id"][i]),
+                        "task": TASKS[int(targets["task_id"][i])],
                         "mask": seg_logits[i].argmax(0),
                         "probabilities": cls_logits[i].softmax(0),
                     }

@@ -44,8 +44,8 @@ from bundle.data import load_registry, load_samples, weighted_sampler
 from bundle.data.registry import DatasetRegistry
 from bundle.transforms import RandPromptModed, train_transforms, val_transforms, verify_samples
 from bundle.transforms.prompt_mode import MODE_PROBABILITIES, WHOLE
-from bundle.workflows.losses import SEGMENTATION
-from bundle.workflows.metrics import SampleRecord, _seg_scores, summarise
+from bundle.prompts import SEGMENTATION
+from bundle.workflows.metrics import SampleRecord, segmentation_scores, summarise
 
 INPUT_MODES = ("whole", "official")
 
@@ -89,9 +89,9 @@ def evaluate(network: torch.nn.Module, loader: DataLoader, seg_classes: int) -> 
         for batch in loader:
             pred = network(torch.as_tensor(batch["image"])).argmax(1)  # (B, H, W)
             labels = torch.as_tensor(batch["label"])[:, 0]
-            for i, dataset in enumerate(batch["dataset"]):
-                dice, hd95 = _seg_scores(pred[i], labels[i], seg_classes)
-                records.append(SampleRecord(dataset, SEGMENTATION, dice=dice, hd95=hd95))
+            dice, hd95 = segmentation_scores(pred, labels, seg_classes)
+            for dataset, image_dice, image_hd95 in zip(batch["dataset"], dice, hd95):
+                records.append(SampleRecord(dataset, SEGMENTATION, dice=image_dice, hd95=image_hd95))
     table, _ = summarise(records)
     return table
 

@@ -2,7 +2,8 @@
 
 ``python -m monai.bundle run ... --resume false`` hands the config the *string* ``'false'``
 (python-fire parses only ``True`` / ``False`` as booleans), and a non-empty string is true, so
-``--resume false`` would resume. Configs pass their switches through :func:`as_flag`.
+``--resume false`` would resume. The classes and functions that receive a switch read it
+with :func:`as_flag`, once, where the value arrives; configs pass the raw value.
 
 ``--augmentation None`` does not reach the config at all (``monai.bundle run`` drops ``None``
 overrides), so a user who wants the official default back writes ``--augmentation null``, and

@@ -30,6 +30,13 @@ OBJECT_TYPES: tuple[str, ...] = ("tumor", "organ")
 
 PROMPT_KEYS: tuple[str, ...] = ("position", "task", "mode", "type")
 
+# the name of each prompt in a sample dict or on the command line -> its prompt key
+PROMPT_NAME_KEYS: dict[str, str] = {"organ": "position", "task": "task", "mode": "mode", "object_type": "type"}
+
+SEGMENTATION, CLASSIFICATION = TASKS
+# a sample's ``task_id``: the task's index in TASKS (its one-hot position)
+TASK_IDS: dict[str, int] = {name: index for index, name in enumerate(TASKS)}
+
 
 @dataclass(frozen=True)
 class PromptVocabulary:

@@ -9,15 +9,28 @@ import sys
 from collections import defaultdict
 from pathlib import Path
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+from tests.conftest import DEMO_DIR, REPO_ROOT
+
+TINY_RUN = REPO_ROOT / "tests" / "data" / "tiny_run.yaml"
 TINY_MODEL = REPO_ROOT / "tests" / "data" / "tiny_model.yaml"
-DEMO_DIR = REPO_ROOT / "data" / "demo"
+# stages whose network comes from a checkpoint: a network override does not apply to them
+FROM_CHECKPOINT = {"sync", "finetune", "evaluate", "inference"}
+
+
+def config_files(*names: str, tiny: bool = True) -> list[str]:
+    """Stage configs (``"pretrain"``) plus the test-size overrides: a short run, and the tiny network
+    where the stage builds one."""
+    files = [f"configs/{name}.yaml" for name in names]
+    if tiny:
+        files.append(str(TINY_RUN))
+        if not FROM_CHECKPOINT & set(names):
+            files.append(str(TINY_MODEL))
+    return files
 
 
 def config_list(*names: str, tiny: bool = True) -> str:
-    """The ``--config_file`` value for stage configs (``"pretrain"``) plus the test-size override."""
-    files = [f"configs/{name}.yaml" for name in names] + ([str(TINY_MODEL)] if tiny else [])
-    return repr(files)
+    """The ``--config_file`` value of :func:`config_files`."""
+    return repr(config_files(*names, tiny=tiny))
 
 
 def bundle_command(verb: str, *args: str, python: str = sys.executable) -> list[str]:

@@ -1,4 +1,4 @@
-"""Shared fixtures: the ../shared folder (golden fixture, real demo sources).
+"""Shared constants and fixtures: the repo root, the tiny test network and its checkpoints, ../shared.
 
 Tests that need ../shared skip with a reason when it is absent, and fail instead when
 REQUIRE_SHARED=1 (as .ci/run sets), so CI can never pass by skipping them.
@@ -12,6 +12,10 @@ from pathlib import Path
 import pytest
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+DEMO_DIR = REPO_ROOT / "data" / "demo"
+# the network of tests/data/tiny_model.yaml: ~0.2 M parameters, any input a multiple of 32
+TINY_NET: dict = {"embed_dim": 12, "encoder_depths": (1, 1, 1, 1), "decoder_depths": (1, 1, 1, 1), "window_size": 2}
+TINY_SIZE = 64
 SHARED_DIR = Path(os.environ.get("PERCEPTGUIDE_SHARED", REPO_ROOT.parent / "shared"))
 
 
@@ -49,3 +53,37 @@ def golden() -> dict:
     import torch
 
     return torch.load(require_shared("golden/perceptguide_tiny.pt"), weights_only=False)
+
+
+def tiny_network(seed: int = 0, **overrides):
+    """The tiny test network (``TINY_NET``, then ``overrides``), with seeded initial weights."""
+    import torch
+
+    from bundle.networks import PerceptGuide
+
+    torch.manual_seed(seed)
+    return PerceptGuide(**{"img_size": TINY_SIZE, **TINY_NET, **overrides})
+
+
+def write_checkpoint(path: Path, network=None, vocabulary=None, seg_classes=None, cls_classes=None) -> Path:
+    """A self-describing bundle checkpoint of ``network`` (default: the tiny one) at ``path``."""
+    from bundle.networks import ModelDescription, save_checkpoint
+    from bundle.prompts import DEFAULT_VOCABULARY, PROMPT_KEYS
+
+    network = network if network is not None else tiny_network()
+    vocabulary = vocabulary or DEFAULT_VOCABULARY
+    arguments = network.arguments
+    description = ModelDescription(
+        arguments=arguments,
+        vocabulary={key: list(vocabulary.names(key)) for key in PROMPT_KEYS},
+        seg_classes=seg_classes or ["background"] + [f"object{i}" for i in range(1, arguments["seg_classes"])],
+        cls_classes=cls_classes or [f"class{i}" for i in range(arguments["cls_classes"])],
+        image_size=arguments["img_size"],
+    )
+    return save_checkpoint(path, network, description)
+
+
+@pytest.fixture
+def tiny_checkpoint(tmp_path) -> Path:
+    """A self-describing checkpoint of the untrained tiny network."""
+    return write_checkpoint(tmp_path / "tiny.pt")

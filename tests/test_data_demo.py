@@ -9,13 +9,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import require_shared
+from tests.conftest import require_shared
 from PIL import Image
 
 from bundle.data import SPLITS, load_registry, m2us_samples
+from tests.conftest import REPO_ROOT
 
-REPO = Path(__file__).resolve().parents[1]
-DEMO = REPO / "data" / "demo"
+DEMO = REPO_ROOT / "data" / "demo"
 
 
 def test_demo_data_fits_the_size_budget():
@@ -65,7 +65,7 @@ def test_converter_rebuilds_the_shipped_demo_data_byte_for_byte(tmp_path):
     out = tmp_path / "demo"
     subprocess.run(
         [sys.executable, "-m", "benchmarks.build_demo_data", "--shared", str(shared), "--out", str(out)],
-        check=True, capture_output=True, cwd=REPO,
+        check=True, capture_output=True, cwd=REPO_ROOT,
     )
     built = {p.relative_to(out) for p in out.rglob("*") if p.is_file()}
     shipped = {p.relative_to(DEMO) for p in DEMO.rglob("*") if p.is_file()} - {Path("README.md")}

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from bundle.data import SPLITS, datalist_samples, load_registry, load_samples, m2us_samples
+from tests.conftest import DEMO_DIR
 
-DEMO = Path(__file__).resolve().parents[1] / "data" / "demo"
 EXPECTED_COUNTS = {  # (task, dataset) -> train / val / test sizes written by benchmarks/build_demo_data.py
     ("segmentation", "BUSI"): (70, 10, 20),
     ("segmentation", "Fetal_HC"): (42, 6, 12),
@@ -21,16 +21,16 @@ EXPECTED_COUNTS = {  # (task, dataset) -> train / val / test sizes written by be
 
 @pytest.fixture(scope="module")
 def registry():
-    return load_registry(DEMO / "datasets.yaml")
+    return load_registry(DEMO_DIR / "datasets.yaml")
 
 
 @pytest.mark.parametrize("split", SPLITS)
 def test_m2us_and_datalist_give_identical_samples(registry, split):
     from_folders = m2us_samples(registry, split)
-    from_json = datalist_samples(DEMO / "datalist.json", split, registry)
+    from_json = datalist_samples(DEMO_DIR / "datalist.json", split, registry)
     assert from_folders == from_json
     assert load_samples(registry, split) == from_folders
-    assert load_samples(DEMO / "datasets.yaml", split, DEMO / "datalist.json") == from_folders
+    assert load_samples(DEMO_DIR / "datasets.yaml", split, DEMO_DIR / "datalist.json") == from_folders
 
 
 @pytest.mark.parametrize("split_index, split", list(enumerate(SPLITS)))
@@ -67,7 +67,7 @@ def test_sample_dicts_carry_paths_class_and_prompt_names(registry):
 def _copy_dataset(tmp_path: Path, name: str = "TG3K") -> Path:
     """A one-dataset M²-US copy (registry + folder) of the demo's ``name`` to break on purpose."""
     root = tmp_path / "segmentation" / name
-    shutil.copytree(DEMO / "segmentation" / name, root)
+    shutil.copytree(DEMO_DIR / "segmentation" / name, root)
     entry = f"- {{name: {name}, task: segmentation, organ: thyroid, object_type: organ, root: segmentation/{name}}}\n"
     (tmp_path / "datasets.yaml").write_text("datasets:\n" + entry)
     return root

@@ -8,8 +8,8 @@ import pytest
 
 from bundle.data import load_registry, read_official_config
 from bundle.prompts import ORGANS
+from tests.conftest import DEMO_DIR
 
-DEMO = Path(__file__).resolve().parents[1] / "data" / "demo"
 
 
 def _write(tmp_path: Path, text: str) -> Path:
@@ -19,12 +19,12 @@ def _write(tmp_path: Path, text: str) -> Path:
 
 
 def test_demo_registry_reads_classes_from_official_config_lines():
-    registry = load_registry(DEMO / "datasets.yaml")
+    registry = load_registry(DEMO_DIR / "datasets.yaml")
     busi_seg = registry.get("BUSI", "segmentation")
     assert busi_seg.classes == ("background", "tumor") and busi_seg.value_to_index == {0: 0, 255: 1}
-    assert busi_seg.root == DEMO / "segmentation" / "BUSI"
+    assert busi_seg.root == DEMO_DIR / "segmentation" / "BUSI"
     busi_cls = registry.get("BUSI", "classification")
-    assert busi_cls.classes == ("benign", "malignant") and busi_cls.mask_dir == DEMO / "segmentation/BUSI/masks"
+    assert busi_cls.classes == ("benign", "malignant") and busi_cls.mask_dir == DEMO_DIR / "segmentation/BUSI/masks"
     assert registry.get("Fetal_HC", "segmentation").organ == "head"
     assert (registry.num_seg_classes, registry.num_cls_classes) == (2, 2)
     assert registry.vocabulary.sizes == {"position": 11, "task": 2, "mode": 3, "type": 2}
@@ -66,8 +66,8 @@ def test_inline_classes_and_extra_organs_extend_the_vocabulary(tmp_path):
 
 
 def test_data_root_overrides_the_registry_folder(tmp_path):
-    registry = load_registry(DEMO / "datasets.yaml", data_root=DEMO)
-    assert registry.get("TG3K", "segmentation").root == DEMO / "segmentation" / "TG3K"
+    registry = load_registry(DEMO_DIR / "datasets.yaml", data_root=DEMO_DIR)
+    assert registry.get("TG3K", "segmentation").root == DEMO_DIR / "segmentation" / "TG3K"
 
 
 @pytest.mark.parametrize(

@@ -25,19 +25,16 @@ from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path, PurePosixPath
 
 import pytest
-import torch
 from monai.apps.utils import HashCheckError
-from monai.bundle import ConfigParser, download, download_large_files, verify_metadata
+from monai.bundle import download, download_large_files, verify_metadata
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+from tests.conftest import REPO_ROOT, write_checkpoint
+
 PACK_SCRIPT = REPO_ROOT / "scripts" / "pack_bundle.py"
 METADATA = json.loads((REPO_ROOT / "configs" / "metadata.json").read_text())
 NAME, VERSION = METADATA["name"], METADATA["version"]
 SCHEMA = Path("configs", "schema", "meta_schema_20240725.json")
 WEIGHTS = "models/model.pt"
-INFERENCE_CONFIG = REPO_ROOT / "configs" / "inference.yaml"
-# a narrow network keeps the checkpoint small and inference fast; the same overrides go on the command line
-SMALL_NET = {"embed_dim": 12, "encoder_depths": [1, 1], "decoder_depths": [1, 1], "num_heads": [1, 2]}
 # loopback goes direct, anything else hits a closed port
 NETWORK_ENV = {"http_proxy": "http://127.0.0.1:9", "https_proxy": "http://127.0.0.1:9", "no_proxy": "127.0.0.1,localhost"}
 
@@ -112,14 +109,9 @@ def server(tmp_path_factory):
 
 
 def _write_weights(path: Path) -> None:
-    """A real PerceptGuide checkpoint, of the inference config's network narrowed by ``SMALL_NET``."""
-    torch.manual_seed(0)
-    parser = ConfigParser()
-    parser.read_config(str(INFERENCE_CONFIG))
-    parser.update({f"network_def#{key}": value for key, value in SMALL_NET.items()})
-    net = parser.get_parsed_content("network_def")
+    """A real self-describing PerceptGuide checkpoint of the tiny test network (small file, fast inference)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save(net.state_dict(), path)
+    write_checkpoint(path)
 
 
 @pytest.fixture(scope="module")
@@ -169,7 +161,10 @@ def test_archive_has_one_sorted_folder_with_fixed_metadata_and_no_weights(releas
     assert {info.external_attr >> 16 for info in infos} == {0o100644}
     members = [name.split("/", 1)[1] for name in names]
     assert WEIGHTS not in members and not any(name.endswith(".pt") for name in members)
-    for required in ("LICENSE", "configs/metadata.json", "large_files.yml", "bundle/__init__.py", "scripts/verify_bundle.py"):
+    for required in (
+        "LICENSE", "configs/metadata.json", "large_files.yml", "bundle/__init__.py", "scripts/verify_bundle.py",
+        "apps/monailabel/main.py", "scripts/label_server.sh",
+    ):  # fmt: skip
         assert required in members
     listed = [line.split("  ", 1)[1] for line in sums.splitlines()]
     assert listed == sorted(set(members) - {"SHA256SUMS"})
@@ -275,11 +270,10 @@ def test_tampered_archive_is_detected_by_the_checksum_check(release, tmp_path):
 
 
 def _infer(bundle_root: Path, images: Path, out: Path, checkpoint: Path | str) -> dict[str, bytes]:
-    """The documented inference command, run from ``bundle_root``, on the small network of the test weights."""
-    overrides = [item for key, value in SMALL_NET.items() for item in (f"--network_def#{key}", json.dumps(value))]
+    """The documented inference command, run from ``bundle_root``: the checkpoint says which network it is."""
     command = [sys.executable, "-m", "monai.bundle", "run", "--config_file", "configs/inference.yaml"]
     command += ["--input_dir", str(images), "--output_dir", str(out), "--organ", "breast", "--object_type", "tumor"]
-    run(*command, "--ckpt_path", checkpoint, *overrides, cwd=bundle_root)
+    run(*command, "--ckpt_path", checkpoint, cwd=bundle_root)
     return tree(out)
 
 
@@ -318,6 +312,16 @@ def test_pack_refuses_bad_input_naming_the_cause(tmp_path, capsys, metadata, arg
     assert pack_bundle.main(["--root", str(root), "--dist-dir", str(tmp_path / "dist"), *arguments]) == 2
     assert message in capsys.readouterr().err
     assert not (tmp_path / "dist").exists() or not any((tmp_path / "dist").iterdir())
+
+
+def test_pack_ships_the_label_app_without_what_a_monai_label_server_wrote_into_it(tmp_path):
+    root = _minimal_tree(tmp_path / "tree", {"name": "x", "version": "0.1.0"})
+    app = root / "apps" / "monailabel"
+    for name in ("main.py", "lib/infers/perceptguide.py", "logs/app.log", "model/model.pt", "bin/tool"):
+        (app / name).parent.mkdir(parents=True, exist_ok=True)
+        (app / name).write_text(name)
+    members = [member for member in pack_bundle.collect_members(root) if member.startswith("apps/")]
+    assert members == ["apps/monailabel/lib/infers/perceptguide.py", "apps/monailabel/main.py"]
 
 
 def test_pack_refuses_symlinks(tmp_path, capsys):

@@ -17,9 +17,9 @@ from PIL import Image
 from bundle.data import load_registry, load_samples, m2us_samples
 from bundle.data.user_folder import main as make_datalist_main
 from bundle.transforms import verify_samples
+from tests.conftest import REPO_ROOT
 
-REPO = Path(__file__).resolve().parents[1]
-DEMO = REPO / "data" / "demo"
+DEMO = REPO_ROOT / "data" / "demo"
 
 
 @pytest.fixture(scope="module")
@@ -156,7 +156,7 @@ def test_explicit_segmentation_classes_accept_multi_value_masks(tmp_path, demo_r
 def test_the_script_is_the_same_command_line(tmp_path, demo_registry):
     root = _simple_folder(tmp_path, demo_registry)
     out = tmp_path / "d.json"
-    command = [sys.executable, str(REPO / "scripts" / "make_datalist.py"), str(root), "--out", str(out),
+    command = [sys.executable, str(REPO_ROOT / "scripts" / "make_datalist.py"), str(root), "--out", str(out),
                "--dataset", "S", "--task", "segmentation", "--organ", "thyroid", "--object-type", "organ"]
     result = subprocess.run(command, capture_output=True, text=True, timeout=120, check=True)
     assert result.stdout.startswith(f"wrote {out}: ")

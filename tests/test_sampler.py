@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import math
 from collections import Counter
-from pathlib import Path
 
 import pytest
 import torch
@@ -13,13 +12,13 @@ from monai.utils import set_determinism
 
 from bundle.data import DatasetWeightedSampler, dataset_weights, load_registry, m2us_samples, weighted_sampler
 from bundle.transforms import train_transforms
+from tests.conftest import DEMO_DIR
 
-DEMO = Path(__file__).resolve().parents[1] / "data" / "demo"
 
 
 @pytest.fixture(scope="module")
 def train_samples():
-    return m2us_samples(load_registry(DEMO / "datasets.yaml"), "train")
+    return m2us_samples(load_registry(DEMO_DIR / "datasets.yaml"), "train")
 
 
 def _group(sample: dict) -> tuple[str, str]:
@@ -89,7 +88,7 @@ def test_bad_weights_are_refused(train_samples):
 def _first_batch(samples: list[dict], seed: int) -> dict:
     set_determinism(seed)
     loader = DataLoader(
-        Dataset(samples, train_transforms(48, load_registry(DEMO / "datasets.yaml"))),
+        Dataset(samples, train_transforms(48, load_registry(DEMO_DIR / "datasets.yaml"))),
         batch_size=6,
         sampler=weighted_sampler(samples, seed=seed),
         num_workers=0,
@@ -109,21 +108,3 @@ def test_same_seed_gives_the_same_batch(train_samples):
         assert torch.equal(first[key], second[key]), key
     assert first["dataset"] == second["dataset"]
     assert not torch.equal(first["image"], other["image"])
-
-
-def test_segmentation_only_epochs_hold_back_classification_samples_then_restore_the_official_draw(train_samples):
-    sampler = weighted_sampler(train_samples, seed=3, segmentation_only_epochs=2)
-    official = weighted_sampler(train_samples, seed=3)
-    tasks_by_epoch = {}
-    for epoch in (1, 2, 3):
-        sampler.set_epoch(epoch)
-        official.set_epoch(epoch)
-        tasks_by_epoch[epoch] = Counter(train_samples[i]["task"] for i in sampler)
-        if epoch > 2:
-            assert list(sampler) == list(official)
-    assert tasks_by_epoch[1]["classification"] == tasks_by_epoch[2]["classification"] == 0
-    assert tasks_by_epoch[3]["classification"] > 0
-    classification_only = [s for s in train_samples if s["task"] == "classification"]
-    with pytest.raises(ValueError, match="no sample is a segmentation sample"):
-        weighted_sampler(classification_only, segmentation_only_epochs=1)
-    assert len(weighted_sampler(classification_only)) == len(classification_only)  # the official draw still works

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -27,8 +26,8 @@ from bundle.transforms import (
     val_transforms,
 )
 from bundle.transforms.prompt_mode import MODE_PROBABILITIES
+from tests.conftest import DEMO_DIR
 
-DEMO = Path(__file__).resolve().parents[1] / "data" / "demo"
 SIZE = 64
 
 
@@ -37,7 +36,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 @pytest.fixture(scope="module")
 def registry():
-    return load_registry(DEMO / "datasets.yaml")
+    return load_registry(DEMO_DIR / "datasets.yaml")
 
 
 @pytest.fixture(scope="module")
@@ -201,28 +200,6 @@ def test_gain_contrast_option_changes_image_brightness_but_not_labels(registry, 
         assert 0.0 <= float(varied["image"].min()) and float(varied["image"].max()) <= 1.0
         means.append(float(varied["image"].mean() / plain["image"].mean()))
     assert min(means) < 0.95 and max(means) > 1.05
-
-
-def test_translate_option_moves_image_and_label_together(registry, samples):
-    source = samples[("segmentation", "TG3K")]
-    official, shifted = train_transforms(SIZE, registry), train_transforms(SIZE, registry, translate=0.2)
-    moves = []
-    for seed in range(8):
-        official.set_random_state(seed=seed)
-        shifted.set_random_state(seed=seed)
-        plain, moved = official(source), shifted(source)
-        rows, cols = torch.nonzero(moved["label"][0], as_tuple=True)
-        plain_rows, plain_cols = torch.nonzero(plain["label"][0], as_tuple=True)
-        move = (rows.float().mean() - plain_rows.float().mean(), cols.float().mean() - plain_cols.float().mean())
-        moves.append(max(abs(float(m)) for m in move))
-        assert moves[-1] <= 0.2 * SIZE + 1
-        # the image moved with the label: the labelled pixels keep their grey levels
-        inside = moved["image"][0][moved["label"][0] > 0].mean()
-        plain_inside = plain["image"][0][plain["label"][0] > 0].mean()
-        assert abs(float(inside - plain_inside)) < 0.05
-    assert max(moves) > 0.05 * SIZE
-    with pytest.raises(ValueError, match="fraction"):
-        train_transforms(SIZE, registry, translate=1.5)
 
 
 @pytest.mark.parametrize("dataset", ["BUSI", "TG3K"])

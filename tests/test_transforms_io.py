@@ -14,30 +14,11 @@ from PIL import Image
 
 from bundle.data import load_registry, m2us_samples
 from bundle.transforms import LoadUltrasoundd, inference_transforms, to_unit_range, verify_samples
+from tests.ultrasound_dicom import write_dicom
+from tests.conftest import DEMO_DIR
 
-DEMO = Path(__file__).resolve().parents[1] / "data" / "demo"
 GRAY = (np.arange(24 * 36).reshape(24, 36) % 251).astype(np.uint8)  # rows differ from columns: orientation
 RGB = np.stack([GRAY, GRAY // 2, 255 - GRAY], axis=-1)
-
-
-def _write_dicom(path: Path, pixels: np.ndarray) -> None:
-    from pydicom.dataset import Dataset, FileMetaDataset
-    from pydicom.uid import ExplicitVRLittleEndian, UltrasoundImageStorage, generate_uid
-
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID = UltrasoundImageStorage, generate_uid()
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = Dataset()
-    ds.file_meta, ds.SOPClassUID = meta, meta.MediaStorageSOPClassUID
-    ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
-    ds.Modality, (ds.Rows, ds.Columns) = "US", pixels.shape[:2]
-    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 8, 8, 7, 0
-    ds.SamplesPerPixel = 1 if pixels.ndim == 2 else 3
-    ds.PhotometricInterpretation = "MONOCHROME2" if pixels.ndim == 2 else "RGB"
-    if pixels.ndim == 3:
-        ds.PlanarConfiguration = 0
-    ds.PixelData = pixels.tobytes()
-    ds.save_as(path, enforce_file_format=True)
 
 
 def _writers():
@@ -49,8 +30,10 @@ def _writers():
         "gray16.png": lambda p: Image.fromarray(GRAY.astype(np.uint16) * 200).save(p),
         "gray.bmp": lambda p: Image.fromarray(GRAY).save(p),
         "rgb.tif": lambda p: Image.fromarray(RGB).save(p),
-        "gray.dcm": lambda p: _write_dicom(p, GRAY),
-        "rgb.dcm": lambda p: _write_dicom(p, RGB),
+        "gray.dcm": lambda p: write_dicom(p, GRAY),
+        "gray16.dcm": lambda p: write_dicom(p, GRAY.astype(np.uint16) * 200),
+        "rgb.dcm": lambda p: write_dicom(p, RGB),
+        "ybr.dcm": lambda p: write_dicom(p, RGB, "YBR_FULL"),
         "gray.nii.gz": lambda p: nib.save(nib.Nifti1Image(GRAY.astype(np.float32) * 3 - 100, np.eye(4)), p),
         "gray_slice.nii": lambda p: nib.save(nib.Nifti1Image(GRAY[..., None], np.eye(4)), p),
     }
@@ -63,16 +46,19 @@ def test_every_file_type_loads_as_unit_range_image_rows_first(tmp_path, name):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         image = LoadUltrasoundd(("image",))({"image": str(path)})["image"]
-    colour = name.startswith("rgb")
+    colour = name.startswith(("rgb", "ybr"))
     assert image.shape == ((3 if colour else 1), 24, 36) and image.dtype == torch.float32
     assert float(image.min()) >= 0.0 and float(image.max()) <= 1.0
     expected = torch.from_numpy(GRAY).float()
     expected = (expected - expected.min()) / (expected.max() - expected.min())  # min-max: 16-bit, NIfTI float
     if name.endswith(("png", "bmp", "tif", "dcm", "gray_slice.nii")) and "16" not in name:
         expected = torch.from_numpy(GRAY).float() / 255  # 8-bit: official / 255
-    assert torch.allclose(image[0], expected, atol=1e-6)
+    # YBR is stored rounded to 8 bits, and converted back to RGB on reading: within 2 / 255
+    tolerance = 2 / 255 if name.startswith("ybr") else 1e-6
+    assert torch.allclose(image[0], expected, atol=tolerance)
     if colour:
-        assert torch.allclose(image[2], 1 - torch.from_numpy(GRAY).float() / 255, atol=1e-6)
+        assert torch.allclose(image[2], 1 - torch.from_numpy(GRAY).float() / 255, atol=tolerance)
+    assert image.meta["spatial_shape"] == (24, 36) and image.meta["original_channel_dim"] == 0
 
 
 @pytest.mark.parametrize("name", ["gray.png", "rgba.png", "gray.dcm", "gray.nii.gz"])
@@ -94,7 +80,7 @@ def test_constant_image_scales_to_zeros():
 def broken_copy(tmp_path: Path):
     """A registry over a copy of the demo TG3K dataset, and its first validation sample's files."""
     root = tmp_path / "segmentation" / "TG3K"
-    shutil.copytree(DEMO / "segmentation" / "TG3K", root)
+    shutil.copytree(DEMO_DIR / "segmentation" / "TG3K", root)
     (tmp_path / "datasets.yaml").write_text(
         "datasets:\n- {name: TG3K, task: segmentation, organ: thyroid, object_type: organ, root: segmentation/TG3K}\n"
     )

@@ -16,9 +16,9 @@ from bundle.workflows.batch import PreparePromptBatch
 from bundle.workflows.inferers import PromptInferer
 from bundle.workflows.losses import TaskMaskedLoss
 from bundle.workflows.metrics import MultiTaskMetrics, SampleRecord, summarise
-from bundle.workflows.schedules import warmup_decay_lr
+from bundle.workflows.schedules import decay_lr
 from bundle.workflows.sync import prompt_parameters
-from bundle_runner import REPO_ROOT, TINY_MODEL
+from tests.bundle_runner import REPO_ROOT, config_files
 
 
 def mixed_batch_targets() -> dict:
@@ -98,7 +98,7 @@ def test_metrics_report_per_dataset_dice_excluding_empty_truth_and_cls_auc():
 
 
 def test_summarise_leaves_auc_undefined_for_a_single_class():
-    records = [SampleRecord("X", 1, probabilities=[0.8, 0.2], label=0), SampleRecord("X", 1, probabilities=[0.3, 0.7], label=0)]
+    records = [SampleRecord("X", "classification", probabilities=[0.8, 0.2], label=0), SampleRecord("X", "classification", probabilities=[0.3, 0.7], label=0)]
     table, means = summarise(records)
     assert table["X"]["accuracy"] == 0.5 and math.isnan(table["X"]["auc"])
     assert math.isnan(means["score"])
@@ -163,20 +163,19 @@ def test_prepare_batch_returns_targets_and_prompts_and_names_missing_keys():
 
 
 @pytest.mark.parametrize(
-    "stage, workflow_type", [("pretrain", "train"), ("sync", "train"), ("evaluate", "infer"), ("inference", "infer")]
-)
-def test_configs_satisfy_the_monai_bundle_workflow_contract(stage, workflow_type, monkeypatch, tmp_path):
+    "stages, workflow_type",
+    [(["pretrain"], "train"), (["pretrain", "sync"], "train"), (["pretrain", "finetune"], "train"),
+     (["evaluate"], "infer"), (["inference"], "infer")],
+)  # fmt: skip
+def test_configs_satisfy_the_monai_bundle_workflow_contract(stages, workflow_type, monkeypatch, tiny_checkpoint):
     monkeypatch.chdir(REPO_ROOT)
-    checkpoint = tmp_path / "model.pt"
-    tiny = PerceptGuide(embed_dim=12, encoder_depths=(1, 1, 1, 1), decoder_depths=(1, 1, 1, 1), window_size=2)
-    torch.save(tiny.state_dict(), checkpoint)
     workflow = ConfigWorkflow(
-        config_file=[f"configs/{stage}.yaml", str(TINY_MODEL)],
+        config_file=config_files(*stages),
         meta_file="configs/metadata.json",
         logging_file="configs/logging.conf",
         workflow_type=workflow_type,
-        ckpt_path=str(checkpoint),
-        pretrained_ckpt=str(checkpoint),
+        ckpt_path=str(tiny_checkpoint),
+        init_ckpt=str(tiny_checkpoint),
     )
     workflow.initialize()
     assert not workflow.check_properties()
@@ -195,28 +194,21 @@ def learning_rates(schedule: torch.optim.lr_scheduler.LRScheduler, iterations: i
 
 
 @pytest.mark.parametrize("decay", ["poly", "cosine"])
-def test_warmup_decay_lr_ramps_up_then_decays_to_zero(decay):
+def test_decay_lr_falls_from_the_learning_rate_to_zero(decay):
     param = torch.nn.Parameter(torch.zeros(1))
-    rates = learning_rates(warmup_decay_lr(torch.optim.Adam([param], lr=1e-3), 20, warmup_iters=5, decay=decay), 20)
-    assert rates[0] == pytest.approx(4e-5)
-    assert rates[:6] == sorted(rates[:6]) and rates[5] == pytest.approx(1e-3)
-    assert rates[5:] == sorted(rates[5:], reverse=True) and rates[-1] == pytest.approx(0.0, abs=1e-12)
-    halfway = rates[5 + 15 // 2 + 1]  # 8 of the 15 decay iterations done
-    expected = (1 - 8 / 15) ** 0.9 if decay == "poly" else 0.5 * (1 + math.cos(math.pi * 8 / 15))
-    assert halfway == pytest.approx(1e-3 * expected)
+    rates = learning_rates(decay_lr(torch.optim.Adam([param], lr=1e-3), 20, decay=decay), 20)
+    assert rates[0] == pytest.approx(1e-3)
+    assert rates == sorted(rates, reverse=True) and rates[-1] == pytest.approx(0.0, abs=1e-12)
+    expected = (1 - 8 / 20) ** 0.9 if decay == "poly" else 0.5 * (1 + math.cos(math.pi * 8 / 20))
+    assert rates[8] == pytest.approx(1e-3 * expected)
 
 
-def test_warmup_decay_lr_official_short_and_invalid():
+def test_decay_lr_refuses_an_unknown_decay_and_an_empty_run():
     param = torch.nn.Parameter(torch.zeros(1))
-    official = warmup_decay_lr(torch.optim.Adam([param], lr=1e-3), total_iters=20)
-    assert isinstance(official, torch.optim.lr_scheduler.PolynomialLR)
-    short = warmup_decay_lr(torch.optim.Adam([param], lr=1e-3), total_iters=4, warmup_iters=10)
-    assert isinstance(short, torch.optim.lr_scheduler.SequentialLR) and short._milestones == [2]
-    assert isinstance(warmup_decay_lr(torch.optim.Adam([param], lr=1e-3), total_iters=1, warmup_iters=4), torch.optim.lr_scheduler.PolynomialLR)
-    with pytest.raises(ValueError, match="warmup_iters >= 0"):
-        warmup_decay_lr(torch.optim.Adam([param], lr=1e-3), total_iters=5, warmup_iters=-1)
-    with pytest.raises(ValueError, match="unknown learning-rate decay 'step'"):
-        warmup_decay_lr(torch.optim.Adam([param], lr=1e-3), total_iters=5, decay="step")
+    with pytest.raises(ValueError, match="step"):
+        decay_lr(torch.optim.Adam([param], lr=1e-3), total_iters=5, decay="step")
+    with pytest.raises(ValueError, match="total_iters >= 1"):
+        decay_lr(torch.optim.Adam([param], lr=1e-3), total_iters=0)
 
 
 @pytest.mark.parametrize(

@@ -18,13 +18,13 @@ from PIL import Image
 from monai.bundle import ConfigParser
 from monai.transforms import Compose, RandAdjustContrastd
 
-from bundle.networks import PerceptGuide, PromptedSegmenter, load_weights
+from bundle.networks import PromptedSegmenter, load_model, read_checkpoint
 from bundle.transforms import RandOfficialCascaded
-from bundle_runner import (
+from tests.bundle_runner import (
     DEMO_DIR, REPO_ROOT, bundle_command, config_list, run_bundle, subprocess_env, write_small_datalist,
 )  # fmt: skip
-
-TINY_NET = {"embed_dim": 12, "encoder_depths": (1, 1, 1, 1), "decoder_depths": (1, 1, 1, 1), "window_size": 2}
+from tests.conftest import TINY_NET, tiny_network
+from tests.ultrasound_dicom import write_dicom
 
 
 @pytest.fixture(scope="module")
@@ -47,16 +47,20 @@ def pretrained(workdir, datalist) -> Path:
     return workdir / "models" / "model.pt"
 
 
-def test_pretrain_writes_best_and_resumable_checkpoints_and_tensorboard_events(pretrained, workdir):
-    assert pretrained.is_file()
-    assert (workdir / "models" / "checkpoint_1.pt").is_file()
+def test_pretrain_writes_self_describing_best_and_resumable_checkpoints_and_tensorboard_events(pretrained, workdir):
     assert not (workdir / "models" / "model_best.pt").exists()  # model_selection: best writes model.pt only
     assert list((workdir / "runs").glob("events.out.tfevents.*"))
-    state = torch.load(pretrained, weights_only=True)
-    net = PerceptGuide(**TINY_NET)
-    net.load_state_dict(state)  # the best checkpoint is the network's state dict, as MONAI bundles keep it
-    resumable = torch.load(workdir / "models" / "checkpoint_1.pt", weights_only=False)
-    assert {"model", "optimizer", "lr_scheduler", "trainer"} <= set(resumable)
+    checkpoint = read_checkpoint(pretrained)
+    description = checkpoint.description
+    assert {key: description.arguments[key] for key in TINY_NET} == {k: list(v) if isinstance(v, tuple) else v for k, v in TINY_NET.items()}
+    assert description.image_size == 64 and description.vocabulary["position"][:2] == ["ovary", "breast"]
+    assert description.seg_classes == ["background", "tumor/head/thyroid"] and description.cls_classes == ["benign", "malignant"]
+    image = torch.rand(1, 3, 64, 64)
+    with torch.no_grad():  # the file alone rebuilds the trained network
+        expected = PromptedSegmenter(checkpoint.build(), organ="breast", object_type="tumor")(image)
+        assert torch.equal(PromptedSegmenter(load_model(pretrained), organ="breast", object_type="tumor")(image), expected)
+    resumable = torch.load(workdir / "models" / "checkpoint_1.pt", weights_only=True)
+    assert {"model", "optimizer", "lr_scheduler", "trainer", "description"} <= set(resumable)
 
 
 def test_pretrain_with_the_cpu_setting_runs_its_recipe(workdir, datalist):
@@ -69,18 +73,18 @@ def test_pretrain_with_the_cpu_setting_runs_its_recipe(workdir, datalist):
     resumable = torch.load(ckpt_dir / "checkpoint_3.pt", weights_only=False)
     iterations = resumable["trainer"]["epoch_length"]
     assert resumable["lr_scheduler"]["T_max"] == 3 * iterations  # cosine over the whole run
-    weights = torch.load(ckpt_dir / "model.pt", weights_only=True)
+    weights = torch.load(ckpt_dir / "model.pt", weights_only=True)["model"]
     prompt_biases = [v for k, v in weights.items() if ".prompt_proj." in k and k.endswith(".bias")]
     assert prompt_biases and all(torch.allclose(b, torch.ones_like(b), atol=0.05) for b in prompt_biases)  # unit
     assert any(key.startswith("patch_embed.convs.") for key in weights)  # the convolution stem
     # model.pt holds the weights at the end of training, the best-validated ones are model_best.pt
     last = resumable["model"]
     assert weights.keys() == last.keys() and all(torch.equal(weights[k], last[k]) for k in last)
-    best = torch.load(ckpt_dir / "model_best.pt", weights_only=True)
+    best = torch.load(ckpt_dir / "model_best.pt", weights_only=True)["model"]
     assert not all(torch.equal(best[k], last[k]) for k in last)
-    # the demo evaluates with cpu.yaml on top of evaluate.yaml, which has no training keys
+    # the checkpoint describes its network: evaluate.yaml needs no cpu.yaml
     eval_dir = workdir / "cpu_eval"
-    run_bundle("evaluate", "cpu", overrides={"datalist": datalist, "ckpt_path": ckpt_dir / "model.pt", "eval_dir": eval_dir})
+    run_bundle("evaluate", overrides={"datalist": datalist, "ckpt_path": ckpt_dir / "model.pt", "eval_dir": eval_dir})
     assert "**mean**" in (eval_dir / "metrics.md").read_text()
 
 
@@ -158,34 +162,38 @@ def test_inference_writes_original_size_masks_overlays_and_skips_unreadable_imag
         assert (output_dir / f"{source.stem}_overlay.png").is_file()
     rows = list(csv.DictReader(open(output_dir / "predictions.csv")))
     assert [row["file"] for row in rows] == sorted(s.name for s in sources)
-    for row in rows:
-        assert float(row["p_benign"]) + float(row["p_malignant"]) == pytest.approx(1.0, abs=1e-5)
-        assert int(row["foreground_pixels"]) >= 0
+    for row in rows:  # the class columns are named by the checkpoint; the area is the written mask's
+        assert {"p_benign", "p_malignant"} <= set(row)
+        assert int(row["foreground_pixels"]) == int((np.array(Image.open(output_dir / row["file"])) > 0).sum())
 
 
-def test_sync_changes_only_the_prompt_projections(pretrained, workdir, datalist):
-    sync_dir = workdir / "sync"
+@pytest.mark.parametrize("variant", ["sync", "finetune"])
+def test_adaptation_overrides_start_from_the_checkpoint_and_train_what_they_say(variant, pretrained, workdir, datalist):
+    out = workdir / variant
     run_bundle(
-        "sync",
-        overrides={"datalist": datalist, "pretrained_ckpt": pretrained, "ckpt_dir": sync_dir, "output_dir": workdir / "sync_runs"},
-    )
-    before = torch.load(pretrained, weights_only=True)
-    after = torch.load(sync_dir / "checkpoint_1.pt", weights_only=False)["model"]
-    changed = {key for key in before if not torch.equal(before[key], after[key])}
-    prompt_keys = {key for key in before if ".prompt_proj." in key}
-    assert changed and changed <= prompt_keys
+        "pretrain", variant,
+        overrides={"datalist": datalist, "init_ckpt": pretrained, "ckpt_dir": out, "output_dir": workdir / f"{variant}_runs"},
+    )  # fmt: skip
+    before, after = read_checkpoint(pretrained), read_checkpoint(out / "model.pt")
+    assert after.description == before.description
+    changed = {key for key, value in before.state_dict.items() if not torch.equal(value, after.state_dict[key])}
+    prompt_keys = {key for key in before.state_dict if ".prompt_proj." in key}
+    if variant == "sync":
+        assert changed and changed <= prompt_keys
+    else:
+        assert changed - prompt_keys
 
 
 def test_ckpt_export_torchscript_matches_the_checkpoint(pretrained, workdir):
     exported = workdir / "model.ts"
     args = [
-        "segmenter_def", "--filepath", str(exported), "--ckpt_file", str(pretrained),
+        "segmenter_def", "--filepath", str(exported), "--ckpt_file", str(pretrained), "--ckpt_path", str(pretrained),
         "--config_file", config_list("inference"), "--meta_file", "configs/metadata.json",
-        "--use_trace", "True", "--input_shape", "[1, 3, 64, 64]",
+        "--key_in_ckpt", "model", "--use_trace", "True", "--input_shape", "[1, 3, 64, 64]",
     ]  # fmt: skip
     subprocess.run(bundle_command("ckpt_export", *args), cwd=REPO_ROOT, check=True, capture_output=True, env=subprocess_env())
     scripted = torch.jit.load(str(exported))
-    eager = PromptedSegmenter(load_weights(PerceptGuide(**TINY_NET), pretrained), organ="breast", object_type="tumor").eval()
+    eager = PromptedSegmenter(load_model(pretrained), organ="breast", object_type="tumor").eval()
     image = torch.rand(2, 3, 64, 64)
     with torch.no_grad():
         assert (scripted(image) - eager(image)).abs().max() <= 1e-4
@@ -222,7 +230,7 @@ def test_resume_after_sigkill_continues_from_the_last_checkpoint(workdir, datali
     assert f"Restored all variables from {ckpt_dir / f'checkpoint_{killed_at}.pt'}" in log
     completed = [epoch for epoch in range(1, EPOCHS + 1) if f"SupervisedTrainer - INFO - Epoch[{epoch}] Complete" in log]
     assert completed == list(range(killed_at + 1, EPOCHS + 1))
-    final = torch.load(ckpt_dir / f"checkpoint_{EPOCHS}.pt", weights_only=False)
+    final = torch.load(ckpt_dir / f"checkpoint_{EPOCHS}.pt", weights_only=True)
     total_iterations = EPOCHS * final["trainer"]["epoch_length"]
     assert final["trainer"]["iteration"] == total_iterations
     assert final["lr_scheduler"]["last_epoch"] == total_iterations  # per-iteration poly decay kept counting
@@ -238,29 +246,31 @@ def test_multi_gpu_override_trains_with_two_gloo_processes(workdir, datalist):
     result = subprocess.run(command, cwd=REPO_ROOT, env=subprocess_env(), capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-4000:]
     assert (ckpt_dir / "model.pt").is_file() and (ckpt_dir / "checkpoint_1.pt").is_file()
-    assert not any(key.startswith("module.") for key in torch.load(ckpt_dir / "model.pt", weights_only=True))
+    assert not any(key.startswith("module.") for key in read_checkpoint(ckpt_dir / "model.pt").state_dict)
 
 
 @pytest.mark.parametrize(
     "stage, overrides, message",
     [
         ("pretrain", {"dataset_dir": "/nonexistent/demo"}, "dataset registry file not found: /nonexistent/demo/datasets.yaml"),
-        ("inference", {"organ": "spleen"}, "unknown position prompt 'spleen'"),
+        ("inference", {"organ": "spleen"}, "organ 'spleen' is not in the vocabulary of checkpoint"),
+        ("inference", {"image_size": 96}, "image_size 96 contradicts checkpoint"),
         ("inference", {"input_dir": "/nonexistent/images"}, "input folder not found: /nonexistent/images"),
+        ("inference", {"ckpt_path": "/nonexistent/model.pt"}, "checkpoint not found: /nonexistent/model.pt"),
         ("pretrain", {"model_selection": "final"}, "model_selection must be one of ['best', 'last'], got 'final'"),
         ("pretrain", {"augmentation": {"weights": {"shear": 1.0}}}, "augmentation weights must be over"),
         ("pretrain", {"resume": "maybe"}, "resume must be true or false, got 'maybe'"),
     ],
 )
-def test_bad_settings_stop_with_a_message_naming_the_cause(stage, overrides, message):
-    result = run_bundle(stage, overrides=overrides, check=False)
+def test_bad_settings_stop_with_a_message_naming_the_cause(stage, overrides, message, tiny_checkpoint):
+    result = run_bundle(stage, overrides={"ckpt_path": tiny_checkpoint, **overrides}, check=False)
     assert result.returncode != 0
     assert message in result.stdout + result.stderr
 
 
 def test_checkpoint_of_another_architecture_is_refused_naming_the_file(pretrained, workdir):
     wrong = workdir / "wider.pt"
-    torch.save(PerceptGuide(embed_dim=24, window_size=2, encoder_depths=(1, 1, 1, 1), decoder_depths=(1, 1, 1, 1)).state_dict(), wrong)
+    torch.save(tiny_network(embed_dim=24).state_dict(), wrong)  # a bare state dict: taken as the paper network
     result = run_bundle("inference", overrides={"ckpt_path": wrong, "output_dir": workdir / "never"}, check=False)
     assert result.returncode != 0
     log = result.stdout + result.stderr
@@ -280,3 +290,89 @@ def test_unreadable_training_image_stops_before_training_naming_the_file(workdir
     assert result.returncode != 0
     assert f"cannot read image file {broken}" in result.stdout + result.stderr
     assert not (workdir / "never").exists()
+
+
+def bare_inference(input_dir: Path, output_dir: Path, checkpoint: Path, organ: str, object_type: str) -> str:
+    """The README's inference command, nothing added: ``--config_file configs/inference.yaml`` and the checkpoint."""
+    command = bundle_command(
+        "run", "--config_file", "configs/inference.yaml", "--input_dir", str(input_dir), "--output_dir", str(output_dir),
+        "--organ", organ, "--object_type", object_type, "--ckpt_path", str(checkpoint),
+    )  # fmt: skip
+    result = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, env=subprocess_env(), timeout=600)
+    assert result.returncode == 0, result.stderr[-4000:]
+    return result.stdout + result.stderr
+
+
+def test_bare_inference_command_runs_a_cpu_setting_checkpoint(workdir, datalist):
+    """A checkpoint trained with cpu.yaml (conv stem, unit prompts, 64² here) needs no config beside inference.yaml."""
+    ckpt_dir = workdir / "cpu_bare_models"
+    run_bundle("pretrain", "cpu", overrides={"datalist": datalist, "ckpt_dir": ckpt_dir, "output_dir": workdir / "cpu_bare_runs"})
+    input_dir = workdir / "bare_in"
+    input_dir.mkdir()
+    sources = sorted((DEMO_DIR / "segmentation" / "Fetal_HC" / "imgs").glob("*.png"))[:2]
+    for source in sources:
+        shutil.copy(source, input_dir)
+    bare_inference(input_dir, workdir / "bare_out", ckpt_dir / "model.pt", "head", "organ")
+    for source in sources:
+        assert np.array(Image.open(workdir / "bare_out" / source.name)).shape == np.array(Image.open(source)).shape[:2]
+
+
+def write_three_class_dataset(root: Path) -> Path:
+    """An M²-US dataset of a new organ (``nerve``) with two object classes (mask values 128, 255), and its registry."""
+    dataset = root / "segmentation" / "NERVE"
+    (dataset / "imgs").mkdir(parents=True)
+    (dataset / "masks").mkdir()
+    sources = sorted((DEMO_DIR / "segmentation" / "Fetal_HC" / "imgs").glob("*.png"))[:6]
+    for index, source in enumerate(sources):
+        shutil.copy(source, dataset / "imgs" / source.name)
+        image = np.array(Image.open(source))
+        mask = np.zeros(image.shape[:2], np.uint8)
+        height, width = mask.shape
+        mask[height // 4 : height // 2, width // 4 : width // 2] = 128
+        mask[height // 2 : 3 * height // 4, width // 2 : 3 * width // 4] = 255 if index % 2 else 128
+        Image.fromarray(mask).save(dataset / "masks" / source.name)
+    names = [source.name for source in sources]
+    for split, chosen in {"train": names[:4], "val": names[4:], "test": names[4:]}.items():
+        (dataset / f"{split}.txt").write_text("\n".join(chosen) + "\n")
+    registry = root / "datasets.yaml"
+    registry.write_text(
+        "extra_organs: [nerve]\n"
+        "datasets:\n"
+        "- {name: NERVE, task: segmentation, organ: nerve, object_type: organ, root: segmentation/NERVE,\n"
+        "   classes: {background: 0, fascicle: 128, epineurium: 255}}\n"
+    )
+    return registry
+
+
+def test_a_model_with_an_extra_organ_and_three_classes_serves_without_config_edits(workdir):
+    data = workdir / "nerve_data"
+    write_three_class_dataset(data)
+    ckpt_dir = workdir / "nerve_models"
+    run_bundle("pretrain", overrides={"dataset_dir": data, "ckpt_dir": ckpt_dir, "output_dir": workdir / "nerve_runs"})
+    description = read_checkpoint(ckpt_dir / "model.pt").description
+    assert description.vocabulary["position"][-1] == "nerve"
+    assert description.seg_classes == ["background", "fascicle", "epineurium"]
+    output_dir = workdir / "nerve_out"
+    bare_inference(data / "segmentation" / "NERVE" / "imgs", output_dir, ckpt_dir / "model.pt", "nerve", "organ")
+    for source in (data / "segmentation" / "NERVE" / "imgs").glob("*.png"):
+        mask = np.array(Image.open(output_dir / source.name))
+        assert mask.shape == np.array(Image.open(source)).shape[:2]
+        assert set(np.unique(mask)) <= {0, 1, 2}  # class indices: more than one object class
+
+
+def test_inference_on_a_folder_of_mixed_dicom_kinds_writes_every_mask(workdir, tiny_checkpoint):
+    """RGB and YBR colour, 8- and 16-bit MONOCHROME2 ultrasound DICOMs of one size share batches."""
+    input_dir = workdir / "dicom_in"
+    input_dir.mkdir()
+    gray = np.array(Image.open(sorted((DEMO_DIR / "segmentation" / "BUSI" / "imgs").glob("*.png"))[0]).convert("L"))
+    rgb = np.stack([gray, gray // 2, 255 - gray], axis=-1)
+    write_dicom(input_dir / "rgb.dcm", rgb)
+    write_dicom(input_dir / "ybr.dcm", rgb, "YBR_FULL")
+    write_dicom(input_dir / "mono8.dcm", gray)
+    write_dicom(input_dir / "mono16.dcm", gray.astype(np.uint16) * 257)
+    output_dir = workdir / "dicom_out"
+    bare_inference(input_dir, output_dir, tiny_checkpoint, "breast", "tumor")
+    rows = list(csv.DictReader(open(output_dir / "predictions.csv")))
+    assert [row["file"] for row in rows] == ["mono16.dcm", "mono8.dcm", "rgb.dcm", "ybr.dcm"]
+    for stem in ("mono16", "mono8", "rgb", "ybr"):
+        assert np.array(Image.open(output_dir / f"{stem}.png")).shape == gray.shape

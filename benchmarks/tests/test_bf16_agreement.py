@@ -10,13 +10,13 @@ from monai.bundle import ConfigParser
 
 from benchmarks import bf16_agreement
 from bundle.workflows.inferers import cpu_supports_bf16
-from bundle.workflows.losses import CLASSIFICATION, SEGMENTATION
+from bundle.prompts import CLASSIFICATION, SEGMENTATION
 from tests.bundle_runner import REPO_ROOT, TINY_MODEL
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-def _sample(dataset: str, task: int, mask: list[list[int]], probabilities: list[float]) -> dict:
+def _sample(dataset: str, task: str, mask: list[list[int]], probabilities: list[float]) -> dict:
     return {
         "dataset": dataset,
         "task": task,

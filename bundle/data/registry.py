@@ -33,9 +33,7 @@ from typing import Any
 
 import yaml
 
-from bundle.prompts import DEFAULT_VOCABULARY, OBJECT_TYPES, TASKS, PromptVocabulary
-
-SEGMENTATION, CLASSIFICATION = TASKS
+from bundle.prompts import CLASSIFICATION, DEFAULT_VOCABULARY, OBJECT_TYPES, SEGMENTATION, TASKS, PromptVocabulary
 
 _REGISTRY_KEYS = {"datasets", "extra_organs"}
 _REQUIRED_KEYS = ("name", "task", "organ", "object_type")

@@ -50,9 +50,6 @@ class DatasetWeightedSampler(DistributedSampler):
         seed: base seed.
         num_replicas: number of ranks; defaults to the process group's size, or 1 without one.
         rank: this rank; defaults to the process group's rank, or 0.
-        warmup_weights: weights of the first ``warmup_epochs`` epochs (``set_epoch`` 1 to
-            ``warmup_epochs``, MONAI counts epochs from 1); ``weights`` afterwards.
-        warmup_epochs: number of epochs drawn with ``warmup_weights``.
     """
 
     def __init__(
@@ -63,17 +60,12 @@ class DatasetWeightedSampler(DistributedSampler):
         seed: int = 0,
         num_replicas: int | None = None,
         rank: int | None = None,
-        warmup_weights: Sequence[float] | None = None,
-        warmup_epochs: int = 0,
     ) -> None:
         distributed = dist.is_available() and dist.is_initialized()
         num_replicas = num_replicas if num_replicas is not None else (dist.get_world_size() if distributed else 1)
         rank = rank if rank is not None else (dist.get_rank() if distributed else 0)
         super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=False, seed=seed)
         self.weights = _checked_weights(weights, len(dataset))
-        self.warmup_epochs = warmup_epochs
-        use_warmup = warmup_epochs > 0 and warmup_weights is not None
-        self.warmup_weights = _checked_weights(warmup_weights, len(dataset)) if use_warmup else self.weights
         total = len(dataset) if num_samples is None else num_samples
         if total <= 0:
             raise ValueError(f"num_samples must be positive, got {total}")
@@ -82,8 +74,7 @@ class DatasetWeightedSampler(DistributedSampler):
 
     def __iter__(self):
         generator = torch.Generator().manual_seed(self.seed + self.epoch)
-        weights = self.warmup_weights if 0 < self.epoch <= self.warmup_epochs else self.weights
-        draws = torch.multinomial(weights, self.total_size, replacement=True, generator=generator)
+        draws = torch.multinomial(self.weights, self.total_size, replacement=True, generator=generator)
         return iter(draws[self.rank :: self.num_replicas].tolist())
 
     def __len__(self) -> int:
@@ -100,32 +91,14 @@ def _checked_weights(weights: Sequence[float], length: int) -> torch.Tensor:
 
 
 def weighted_sampler(
-    samples: Sequence[Mapping],
-    seed: int = 0,
-    num_samples: int | None = None,
-    group_by: str = "dataset",
-    segmentation_only_epochs: int = 0,
+    samples: Sequence[Mapping], seed: int = 0, num_samples: int | None = None, group_by: str = "dataset"
 ) -> DatasetWeightedSampler:
-    """The training sampler configs use: ``$bundle.data.weighted_sampler(@train#datalist)``.
+    """The training sampler of the configs: official 1/sqrt(n) weights per dataset (``dataset_weights``).
 
     Args:
         samples: the training sample dicts (the DataLoader's dataset must list them in this order).
         seed: base seed (epoch e draws with ``seed + e``).
         num_samples: draws per epoch over all ranks; defaults to ``len(samples)``.
         group_by: see ``dataset_weights``.
-        segmentation_only_epochs: draw only segmentation samples (same relative weights) in the
-            first epochs: trained from scratch, classification samples in the batch delayed the
-            segmentation's escape from all-background (docs/results.md). 0 is the official sampler.
     """
-    weights = dataset_weights(samples, group_by)
-    segmentation_only = [w if sample["task"] == "segmentation" else 0.0 for w, sample in zip(weights, samples)]
-    if segmentation_only_epochs > 0 and not any(segmentation_only):
-        raise ValueError(f"segmentation_only_epochs is {segmentation_only_epochs} but no sample is a segmentation sample")
-    return DatasetWeightedSampler(
-        samples,
-        weights,
-        num_samples=num_samples,
-        seed=seed,
-        warmup_weights=segmentation_only,
-        warmup_epochs=segmentation_only_epochs,
-    )
+    return DatasetWeightedSampler(samples, dataset_weights(samples, group_by), num_samples=num_samples, seed=seed)

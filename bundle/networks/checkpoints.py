@@ -1,4 +1,4 @@
-"""Load weights from the official PerceptGuide code and from Swin-T ImageNet checkpoints."""
+"""Convert official PerceptGuide state dicts, check a state dict against a network, load Swin-T ImageNet weights."""
 
 from __future__ import annotations
 
@@ -14,7 +14,6 @@ __all__ = [
     "convert_official_state_dict",
     "to_official_state_dict",
     "load_swin_imagenet",
-    "load_weights",
     "SwinImageNetReport",
 ]
 
@@ -236,30 +235,3 @@ def load_swin_imagenet(model: nn.Module, path: str | Path) -> SwinImageNetReport
     model.load_state_dict(target)
     logger.info("loaded %d tensors from %s; %d checkpoint tensors unused", len(report), path, len(report.skipped))
     return report
-
-
-def load_weights(model: nn.Module, path: str | Path) -> nn.Module:
-    """Load a bundle checkpoint (state dict, or ``{"model": state dict}``) or an official one into ``model``.
-
-    Official PerceptGuide checkpoints (``swin.``-prefixed keys) are converted on the fly. Every
-    failure names the file: absent, unreadable, or holding weights of another architecture.
-
-    Returns:
-        ``model``, for use as a config one-liner.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint not found: {path}")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # torch raises many types for a damaged or foreign file
-        raise ValueError(f"cannot read checkpoint {path}: {type(err).__name__}: {err}") from err
-    if isinstance(state, Mapping) and isinstance(state.get("model"), Mapping):
-        state = state["model"]
-    if not isinstance(state, Mapping) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise ValueError(f"checkpoint {path} does not hold a state dict")
-    if any(key.startswith(("swin.", "module.swin.")) for key in state):
-        state = convert_official_state_dict(state)
-    check_state_dict(model, state, source=f"checkpoint {path}")
-    model.load_state_dict(state)
-    return model

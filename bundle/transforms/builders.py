@@ -20,10 +20,10 @@ from pathlib import Path
 from monai.transforms import Compose, EnsureTyped, Lambdad, SelectItemsd
 
 from bundle.data.registry import DatasetRegistry, as_registry
-from bundle.flags import as_mapping
+from bundle.flags import as_flag, as_mapping
 from bundle.prompts import DEFAULT_VOCABULARY, PromptVocabulary
 from bundle.transforms.cascade import RandOfficialCascaded
-from bundle.transforms.geometry import ShortSideInterpolated, random_translation, resize_to_square
+from bundle.transforms.geometry import ShortSideInterpolated, resize_to_square
 from bundle.transforms.intensity import gain_contrast_augmentation
 from bundle.transforms.io import LoadUltrasoundd, channels_to_rgb
 from bundle.transforms.masks import MaskToIndicesd
@@ -42,8 +42,7 @@ def train_transforms(
     image_size: int,
     registry: DatasetRegistry | str | Path,
     mode_probabilities: Mapping[str, Mapping[str, float]] | None = None,
-    gain_contrast: bool = False,
-    translate: float = 0.0,
+    gain_contrast: bool | str = False,
     augmentation: Mapping[str, object] | None = None,
 ) -> Compose:
     """Training chain (official recipe).
@@ -66,9 +65,8 @@ def train_transforms(
         mode_probabilities: task -> {input mode: probability}; None (or ``"null"``, see
             ``bundle.flags.as_mapping``) for the official ``MODE_PROBABILITIES``.
         gain_contrast: add random gamma and gain after the geometry
-            (``gain_contrast_augmentation``); False is the official recipe.
-        translate: with a value above 0, shift image and label by up to that fraction of S
-            after the crop (``random_translation``); 0 is the official recipe.
+            (``gain_contrast_augmentation``); False is the official recipe. Command-line
+            strings (``--gain_contrast false``) are read by ``bundle.flags.as_flag``.
         augmentation: keyword arguments of ``RandOfficialCascaded`` (``weights`` of the
             flip / rotate / zoom / none branches, ``zoom`` range, ``max_angle_deg``); None, empty
             or ``"null"`` (what ``--augmentation null`` passes, ``bundle.flags.as_mapping``) is
@@ -77,8 +75,7 @@ def train_transforms(
     registry = as_registry(registry)
     mode_probabilities = as_mapping(mode_probabilities, "mode_probabilities")
     augmentation = as_mapping(augmentation, "augmentation")
-    shift = [random_translation(SPATIAL_KEYS, image_size, translate)] if translate else []
-    intensity = [gain_contrast_augmentation("image")] if gain_contrast else []
+    intensity = [gain_contrast_augmentation("image")] if as_flag(gain_contrast, "gain_contrast") else []
     return Compose(
         load_transforms(registry)
         + [
@@ -87,7 +84,6 @@ def train_transforms(
             ShortSideInterpolated(SPATIAL_KEYS, image_size),
             RandOfficialCascaded(SPATIAL_KEYS, image_size, **(augmentation or {})),
         ]
-        + shift
         + intensity
         + [
             Lambdad("image", channels_to_rgb),

@@ -11,7 +11,6 @@ from monai.data import MetaTensor
 from monai.transforms import (
     CenterSpatialCropd,
     MapTransform,
-    RandAffined,
     Resize,
     Resized,
     SpatialPadd,
@@ -140,24 +139,3 @@ def resize_to_square(keys: KeysCollection, size: int, geometry: str = "crop") ->
     if geometry == "squash":
         return [Resized(keys, (size, size), mode=modes, anti_aliasing=aliasing, allow_missing_keys=True)]
     raise ValueError(f"unknown geometry '{geometry}', expected one of {list(GEOMETRIES)}")
-
-
-def random_translation(keys: KeysCollection, size: int, fraction: float) -> RandAffined:
-    """Shift image and label together by up to ``fraction · size`` pixels on each axis (zero fill).
-
-    Not in the official recipe, whose cascade never moves the anatomy: meant to keep a network
-    trained from scratch from learning where each organ sat in the training videos. On the demo
-    data it did not help (runs T1 and Z3 in docs/results.md), so no shipped config uses it.
-
-    Args:
-        keys: image and label keys.
-        size: the image side S the shift is a fraction of.
-        fraction: largest shift as a fraction of S, in (0, 1).
-    """
-    if not 0.0 < fraction < 1.0:
-        raise ValueError(f"translate (the largest shift as a fraction of the image side) must be in (0, 1), got {fraction}.")
-    shift = fraction * size
-    return RandAffined(
-        keys, prob=1.0, translate_range=(shift, shift), mode=(IMAGE_MODE, "nearest"),
-        padding_mode="zeros", allow_missing_keys=True,
-    )

@@ -62,7 +62,28 @@ class LoadImage2D(Transform):
             raise ValueError(f"{path}: expected a 2D image (H, W[, C]), got array shape {tuple(image.shape)}")
         if min(image.shape[1:]) < 2:
             raise ValueError(f"{path}: expected a 2D image (H, W[, C]), got array shape {tuple(image.shape)}")
-        return image
+        return _two_d_meta(image)
+
+
+def _two_d_meta(image: MetaTensor) -> MetaTensor:
+    """Metadata that says the same of every 2D image, whatever its file type and channels.
+
+    Readers describe an RGB DICOM as (H, W, 3) and a gray one as (H, W); such lists of other
+    lengths cannot be collated, so one batch of mixed files would fail. Only what the inverse
+    transforms and the writers use is kept, in one form: a (C, H, W) image of spatial shape (H, W).
+    """
+    meta = image.meta
+    spacing = meta.get("spacing")
+    image.meta = {
+        "filename_or_obj": meta.get("filename_or_obj"),
+        "affine": meta.get("affine"),
+        "original_affine": meta.get("original_affine", meta.get("affine")),
+        "space": meta.get("space", "RAS"),
+        "spatial_shape": tuple(image.shape[1:]),
+        "original_channel_dim": 0,
+        "spacing": tuple(float(s) for s in spacing[:2]) if spacing is not None else (1.0, 1.0),
+    }
+    return image
 
 
 def to_unit_range(image: torch.Tensor) -> torch.Tensor:

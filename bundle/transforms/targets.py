@@ -7,7 +7,7 @@ from collections.abc import Hashable, Mapping
 import torch
 from monai.transforms import Transform
 
-from bundle.prompts import DEFAULT_VOCABULARY, TASKS, PromptVocabulary
+from bundle.prompts import DEFAULT_VOCABULARY, PROMPT_NAME_KEYS, TASK_IDS, PromptVocabulary
 from bundle.transforms.io import file_of
 
 SAMPLE_KEYS: tuple[str, ...] = (
@@ -22,8 +22,6 @@ SAMPLE_KEYS: tuple[str, ...] = (
     "dataset",
 )
 INFERENCE_KEYS: tuple[str, ...] = ("image", "task_id", "prompt_position", "prompt_task", "prompt_mode", "prompt_type")
-# sample name key -> prompt key of bundle.prompts
-PROMPT_NAME_KEYS: dict[str, str] = {"organ": "position", "task": "task", "mode": "mode", "object_type": "type"}
 
 
 class EncodePromptsd(Transform):
@@ -57,7 +55,7 @@ class EncodePromptsd(Transform):
             except ValueError as err:
                 raise ValueError(f"sample {file_of(d.get('image'))}: {err}") from None
             if name_key == "task":
-                d["task_id"] = torch.tensor(TASKS.index(str(name)), dtype=torch.int64)
+                d["task_id"] = torch.tensor(TASK_IDS[str(name)], dtype=torch.int64)
         return d
 
 

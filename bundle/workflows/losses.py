@@ -8,9 +8,10 @@ import torch
 from monai.losses import DiceCELoss
 from torch import nn
 
-__all__ = ["TaskMaskedLoss", "SEGMENTATION", "CLASSIFICATION"]
+from bundle.flags import as_flag
+from bundle.prompts import CLASSIFICATION, SEGMENTATION, TASK_IDS
 
-SEGMENTATION, CLASSIFICATION = 0, 1
+__all__ = ["TaskMaskedLoss"]
 
 
 class TaskMaskedLoss(nn.Module):
@@ -27,7 +28,8 @@ class TaskMaskedLoss(nn.Module):
         ce_weight: weight of the segmentation cross-entropy.
         dice_weight: weight of the segmentation Dice loss.
         cls_weight: weight of the classification cross-entropy.
-        official_dice: the official squared, batch-pooled Dice (else plain, per image).
+        official_dice: the official squared, batch-pooled Dice (else plain, per image). This and
+            ``dice_background`` take command-line strings too (``bundle.flags.as_flag``).
         dice_background: include the background channel in the Dice (official). Where the
             object is small its background Dice stays near 1, so the object's Dice gets half of
             the Dice weight against the cross-entropy, which favours background on small objects.
@@ -38,10 +40,12 @@ class TaskMaskedLoss(nn.Module):
         ce_weight: float = 0.4,
         dice_weight: float = 0.6,
         cls_weight: float = 1.0,
-        official_dice: bool = True,
-        dice_background: bool = True,
+        official_dice: bool | str = True,
+        dice_background: bool | str = True,
     ) -> None:
         super().__init__()
+        official_dice = as_flag(official_dice, "official_dice")
+        dice_background = as_flag(dice_background, "dice_background")
         self.seg_loss = DiceCELoss(
             include_background=dice_background,
             to_onehot_y=True,
@@ -68,10 +72,10 @@ class TaskMaskedLoss(nn.Module):
         seg_logits, cls_logits = pred
         task = target["task_id"].view(-1)
         loss = seg_logits.new_zeros(())
-        seg = task == SEGMENTATION
+        seg = task == TASK_IDS[SEGMENTATION]
         if seg.any():
             loss = loss + self.seg_loss(seg_logits[seg], target["label"][seg])
-        cls = task == CLASSIFICATION
+        cls = task == TASK_IDS[CLASSIFICATION]
         if cls.any():
             loss = loss + self.cls_weight * self.cls_loss(cls_logits[cls], target["cls_label"].view(-1)[cls])
         return loss

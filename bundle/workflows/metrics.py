@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import warnings
 from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any, Callable
@@ -11,12 +12,14 @@ import numpy as np
 import torch
 from ignite.engine import Engine
 from ignite.metrics import Metric
-from monai.metrics import compute_hausdorff_distance, compute_roc_auc
+from monai.handlers import from_engine
+from monai.metrics import compute_dice, compute_hausdorff_distance, compute_roc_auc
+from monai.networks.utils import one_hot
 from monai.utils import CommonKeys as Keys
 
-from bundle.workflows.losses import CLASSIFICATION, SEGMENTATION
+from bundle.prompts import SEGMENTATION, TASKS
 
-__all__ = ["MultiTaskMetrics", "SampleRecord", "summarise", "engine_output"]
+__all__ = ["MultiTaskMetrics", "SampleRecord", "summarise", "segmentation_scores"]
 
 
 @dataclass
@@ -25,35 +28,34 @@ class SampleRecord:
     class probabilities and label for classification."""
 
     dataset: str
-    task: int
+    task: str
     dice: float = math.nan
     hd95: float = math.nan
     probabilities: list[float] = field(default_factory=list)
     label: int = -1
 
 
-def engine_output(output: dict) -> tuple[Any, Any]:
-    """(pred, targets) from an engine's ``state.output``."""
-    return output[Keys.PRED], output[Keys.LABEL]
+def segmentation_scores(pred: torch.Tensor, label: torch.Tensor, classes: int) -> tuple[list[float], list[float]]:
+    """Per image: mean foreground Dice (MONAI ``compute_dice``) and HD95 in pixels.
 
+    Classes absent from an image's ground truth are left out of its means (NaN when none is
+    present); HD95 also leaves out classes the prediction misses (no distance to measure).
 
-def _seg_scores(pred: torch.Tensor, label: torch.Tensor, classes: int) -> tuple[float, float]:
-    """Mean foreground Dice and HD95 (pixels) of one image; NaN when its ground truth is empty.
+    Args:
+        pred, label: (N, H, W) class indices.
+        classes: K, the number of segmentation channels (class 0 the background).
 
-    pred, label: (H, W) class indices.
+    Returns:
+        N Dice values and N HD95 values.
     """
-    dices, distances = [], []
-    for c in range(1, classes):
-        truth, guess = label == c, pred == c
-        if not truth.any():
-            continue
-        dices.append(float(2 * (truth & guess).sum() / (truth.sum() + guess.sum())))
-        if guess.any():
-            hd = compute_hausdorff_distance(guess[None, None].float(), truth[None, None].float(), percentile=95)
-            distances.append(float(hd))
-    dice = float(np.mean(dices)) if dices else math.nan
-    hd95 = float(np.mean(distances)) if distances else math.nan
-    return dice, hd95
+    guess, truth = (one_hot(x[:, None], classes, dim=1) for x in (pred, label))
+    dice = compute_dice(guess, truth, include_background=False, ignore_empty=True)  # (N, K-1), NaN: empty truth
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # MONAI warns on every empty mask
+        hd95 = compute_hausdorff_distance(guess, truth, include_background=False, percentile=95)
+    present = guess[:, 1:].flatten(2).any(-1) & truth[:, 1:].flatten(2).any(-1)
+    hd95 = torch.where(present, hd95, torch.nan)
+    return torch.nanmean(dice, 1).tolist(), torch.nanmean(hd95, 1).tolist()
 
 
 def summarise(records: list[SampleRecord]) -> tuple[dict[str, dict[str, float]], dict[str, float]]:
@@ -64,7 +66,7 @@ def summarise(records: list[SampleRecord]) -> tuple[dict[str, dict[str, float]],
         keys) and ``{"seg_dice", "cls_accuracy", "cls_auc", "score"}``, score being the mean of
         mean Dice and mean AUC (the official model-selection criterion), over what is available.
     """
-    groups: dict[tuple[str, int], list[SampleRecord]] = defaultdict(list)
+    groups: dict[tuple[str, str], list[SampleRecord]] = defaultdict(list)
     for record in records:
         groups[(record.dataset, record.task)].append(record)
     table: dict[str, dict[str, float]] = defaultdict(dict)
@@ -116,7 +118,7 @@ class MultiTaskMetrics(Metric):
         output_transform: maps ``engine.state.output`` to ``(pred, targets)``.
     """
 
-    def __init__(self, output_transform: Callable = engine_output) -> None:
+    def __init__(self, output_transform: Callable = from_engine([Keys.PRED, Keys.LABEL], first=True)) -> None:
         self.records: list[SampleRecord] = []
         super().__init__(output_transform=output_transform)
 
@@ -126,18 +128,21 @@ class MultiTaskMetrics(Metric):
     def update(self, output: tuple[tuple[torch.Tensor, torch.Tensor], dict[str, Any]]) -> None:
         """output: ((seg logits (B, K, H, W), cls logits (B, M)), targets dict)."""
         (seg_logits, cls_logits), target = output
-        seg_pred = seg_logits.argmax(1).cpu()
-        labels = target["label"][:, 0].cpu()
+        tasks = [TASKS[task_id] for task_id in target["task_id"].view(-1).tolist()]
+        segmentation = [i for i, task in enumerate(tasks) if task == SEGMENTATION]
+        dice, hd95 = ([], [])
+        if segmentation:
+            rows = torch.tensor(segmentation)
+            seg_pred = seg_logits[rows].argmax(1).cpu()
+            dice, hd95 = segmentation_scores(seg_pred, target["label"][rows, 0].cpu(), seg_logits.shape[1])
+        scores = dict(zip(segmentation, zip(dice, hd95)))
         probabilities = torch.softmax(cls_logits.float(), 1).cpu()
-        for i, (dataset, task) in enumerate(zip(target["dataset"], target["task_id"].tolist())):
+        for i, (dataset, task) in enumerate(zip(target["dataset"], tasks)):
             if task == SEGMENTATION:
-                dice, hd95 = _seg_scores(seg_pred[i], labels[i], seg_logits.shape[1])
-                self.records.append(SampleRecord(dataset, task, dice=dice, hd95=hd95))
-            elif task == CLASSIFICATION:
+                self.records.append(SampleRecord(dataset, task, dice=scores[i][0], hd95=scores[i][1]))
+            else:
                 label = int(target["cls_label"].view(-1)[i])
                 self.records.append(SampleRecord(dataset, task, probabilities=probabilities[i].tolist(), label=label))
-            else:
-                raise ValueError(f"task_id must be {SEGMENTATION} or {CLASSIFICATION}, got {task} ({dataset}).")
 
     def compute(self) -> dict[str, float]:
         """Flat ``{"<dataset>/<figure>": value, "mean/<figure>": value}``."""

@@ -11,7 +11,7 @@ import numpy as np
 from ignite.engine import Engine, Events
 from monai.utils import CommonKeys as Keys
 
-from bundle.workflows.losses import SEGMENTATION
+from bundle.prompts import SEGMENTATION, TASK_IDS
 from bundle.workflows.metrics import MultiTaskMetrics, summarise
 from bundle.workflows.overlay import save_png, side_by_side
 
@@ -60,7 +60,7 @@ class EvaluationReport:
         images = engine.state.output[Keys.IMAGE]
         predictions = seg_logits.argmax(1)
         for i, task in enumerate(target["task_id"].tolist()):
-            if task == SEGMENTATION:
+            if task == TASK_IDS[SEGMENTATION]:
                 self.thumbnails.append(
                     (images[i].float().cpu().numpy(), target["label"][i, 0].cpu().numpy(), predictions[i].cpu().numpy())
                 )

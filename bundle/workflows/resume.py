@@ -16,6 +16,8 @@ from ignite.engine import Engine, Events
 from ignite.handlers import Checkpoint, DiskSaver, global_step_from_engine
 from monai.handlers import CheckpointLoader
 
+from bundle.flags import as_flag
+
 __all__ = ["ResumeFromLatest", "TrainingStateSaver", "latest_checkpoint"]
 
 logger = logging.getLogger(__name__)
@@ -58,13 +60,13 @@ class ResumeFromLatest:
     Args:
         ckpt_dir: folder of :class:`TrainingStateSaver` checkpoints.
         objects: the objects to restore, as given to the saver.
-        enabled: the ``--resume`` switch.
+        enabled: the ``--resume`` switch (``bundle.flags.as_flag``: ``--resume false`` is off).
     """
 
-    def __init__(self, ckpt_dir: str | Path, objects: dict, enabled: bool = False) -> None:
+    def __init__(self, ckpt_dir: str | Path, objects: dict, enabled: bool | str = False) -> None:
         self.ckpt_dir = Path(ckpt_dir)
         self.objects = objects
-        self.enabled = enabled
+        self.enabled = as_flag(enabled, "resume")
 
     def attach(self, engine: Engine) -> None:
         if not self.enabled:
