@@ -4,8 +4,8 @@
 #   scripts/label_server.sh STUDIES_DIR PORT [--conf KEY VALUE ...]
 #
 # Builds the server's own venv once (scripts/label_venv.sh, cached), then runs
-# `monailabel start_server` with the app bundle/label over STUDIES_DIR, serving the bundle's
-# current weights (models/model.pt unless --conf model_path says otherwise; bundle/label/main.py
+# `monailabel start_server` with the app apps/monailabel over STUDIES_DIR, serving the bundle's
+# current weights (models/model.pt unless --conf model_path says otherwise; apps/monailabel/main.py
 # lists every conf key). Ctrl-C or SIGTERM stops the server and any training it started.
 set -euo pipefail
 
@@ -37,7 +37,7 @@ export MONAI_LABEL_DATASTORE_FILE_EXT="${MONAI_LABEL_DATASTORE_FILE_EXT:-[\"*.pn
 # Job control puts the server in its own process group, so one signal reaches it and the training
 # subprocesses it starts, and a Ctrl-C in the terminal reaches only this script first.
 set -m
-"$VENV/bin/monailabel" start_server --app "$REPO/bundle/label" --studies "$STUDIES" \
+"$VENV/bin/monailabel" start_server --app "$REPO/apps/monailabel" --studies "$STUDIES" \
     --host 127.0.0.1 --port "$PORT" "$@" &
 server=$!
 

@@ -1,10 +1,11 @@
-"""The real MONAI Label server over this bundle (bundle/label), tested over HTTP on loopback.
+"""The real MONAI Label server over this bundle (apps/monailabel), tested over HTTP on loopback.
 
 One server for the module: ``scripts/label_server.sh`` (which builds or reuses the server's own
 venv through ``scripts/label_venv.sh``, then runs ``monailabel start_server``) on a free
 127.0.0.1 port, over a studies folder of demo images. The weights it serves start as an
-untrained checkpoint of a small network and are trained by the server itself, through the
-bundle's training configs, before the mask is checked against the ground truth. The server's
+untrained self-describing checkpoint of the tiny test network (the server is given nothing
+else) and are trained by the server itself, through the bundle's fine-tuning stage, before the
+masks are checked against the ground truth. The server's
 whole process group is stopped at the end, also when a test fails.
 """
 
@@ -32,14 +33,21 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from label_support import REPO_ROOT, small_net_overrides, write_checkpoint
 from PIL import Image
 
-DEMO = REPO_ROOT / "data" / "demo" / "segmentation"
+from tests.conftest import REPO_ROOT
+from tests.label_support import HEADS, head_images, served_checkpoint
+
+APP = REPO_ROOT / "apps" / "monailabel"
+# what `monailabel start_server` itself creates inside an app folder
+MONAI_LABEL_FOLDERS = ("model", "logs", "bin")
 MODEL = "perceptguide"
 PROMPTS = {"organ": "head", "object_type": "organ"}
+CLASS_NAMES = ["benign", "malignant"]
 TRAIN_IMAGES = 6
-FULL_EPOCHS = 20
+# 6 labels, batch 6: one step per epoch at the fine-tuning stage's learning rate; 200 steps took
+# the tiny network's mean Dice on them from 0.23 to 0.29 (20 steps: no gain)
+FULL_EPOCHS = 200
 VENV_BUILD_TIMEOUT = 1800  # a cold build takes about 4-7 minutes here
 READY_TIMEOUT = 180
 TRAIN_TIMEOUT = 600
@@ -146,7 +154,18 @@ def dice(mask: np.ndarray, truth: np.ndarray) -> float:
 
 
 def truth_of(image: Path) -> np.ndarray:
-    return np.asarray(Image.open(DEMO / "Fetal_HC" / "masks" / image.name))
+    return np.asarray(Image.open(HEADS / "masks" / image.name))
+
+
+def app_files() -> set[str]:
+    """Files in the app folder, apart from MONAI Label's own folders and Python's caches."""
+    return {
+        path.relative_to(APP).as_posix()
+        for path in APP.rglob("*")
+        if path.is_file()
+        and path.relative_to(APP).parts[0] not in MONAI_LABEL_FOLDERS
+        and "__pycache__" not in path.parts
+    }
 
 
 def digest(path: Path) -> str:
@@ -165,18 +184,16 @@ def label_venv() -> Path:
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory, label_venv) -> dict:
-    """Studies folder, the small-network override file and an untrained checkpoint of that network."""
+    """Studies folder, an untrained tiny-network checkpoint, and the app folder's files before the server ran."""
     root = tmp_path_factory.mktemp("label")
     studies = root / "studies"
     studies.mkdir()
-    heads = sorted((DEMO / "Fetal_HC" / "imgs").glob("*.png"))[: TRAIN_IMAGES + 1]
+    heads = head_images(TRAIN_IMAGES + 1)
     for image in heads:
         shutil.copy(image, studies / image.name)
     (studies / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n this is not an image")
-    overrides = small_net_overrides(root)
-    model = write_checkpoint(overrides, root / "model.pt", seed=0)
-    config_files = [REPO_ROOT / "configs" / "inference.yaml", *overrides]
-    return {"studies": studies, "model": model, "overrides": overrides, "heads": heads, "config_files": config_files}
+    model = served_checkpoint(root / "model.pt", seed=0, cls_classes=CLASS_NAMES)
+    return {"studies": studies, "model": model, "heads": heads, "app_files": app_files()}
 
 
 @pytest.fixture(scope="module")
@@ -186,7 +203,6 @@ def server(setup) -> Iterator[Client]:
     command = [
         str(REPO_ROOT / "scripts" / "label_server.sh"), str(setup["studies"]), str(port),
         "--conf", "model_path", str(setup["model"]),
-        "--conf", "configs", ",".join(map(str, setup["overrides"])),
         "--conf", "device", "cpu",
         "--conf", "organ", PROMPTS["organ"],
         "--conf", "object_type", PROMPTS["object_type"],
@@ -230,7 +246,7 @@ def trained(server, setup) -> dict:
 
     before = dices()
     for image in labelled:
-        server.put_label(image.stem, DEMO / "Fetal_HC" / "masks" / image.name)
+        server.put_label(image.stem, HEADS / "masks" / image.name)
     weights = digest(setup["model"])
     state = server.train(mode="full", max_epochs=FULL_EPOCHS)
     assert state["status"] == "DONE", state
@@ -273,16 +289,13 @@ def test_an_unknown_model_is_a_404_naming_the_served_one(server, setup):
 
 
 @pytest.mark.parametrize("which", [0, TRAIN_IMAGES], ids=["labelled-image", "unlabelled-image"])
-def test_infer_returns_a_mask_of_the_exact_image_size_and_probabilities_summing_to_one(server, setup, which):
+def test_infer_returns_a_mask_of_the_exact_image_size_and_probabilities_by_the_checkpoints_class_names(server, setup, which):
     image = setup["heads"][which]
     mask, result = server.infer(image.stem, mode="whole")
-    truth = truth_of(image)
-    assert mask.shape == truth.shape and mask.dtype == np.uint8
+    assert mask.shape == truth_of(image).shape and mask.dtype == np.uint8
     assert set(np.unique(mask)) <= {0, 255}
-    assert dice(mask, truth) > 0
     assert result["foreground_pixels"] == int((mask > 0).sum())
-    assert set(result["probabilities"]) == {"benign", "malignant"}
-    assert sum(result["probabilities"].values()) == pytest.approx(1.0, abs=1e-5)
+    assert list(result["probabilities"]) == CLASS_NAMES
     assert {key: result[key] for key in PROMPTS} == PROMPTS and result["mode"] == "whole"
 
 
@@ -293,7 +306,7 @@ def test_full_training_on_labels_saved_through_the_api_makes_masks_overlap_the_t
     assert any("Epoch" in line for line in trained["state"]["details"]), trained["state"]["details"]
 
 
-def test_server_mask_equals_the_bundle_inference_command(server, setup, tmp_path):
+def test_server_mask_equals_the_bare_bundle_inference_command(server, setup, tmp_path):
     image = setup["heads"][TRAIN_IMAGES]
     mask, _ = server.infer(image.stem)
     inputs = tmp_path / "in"
@@ -301,7 +314,7 @@ def test_server_mask_equals_the_bundle_inference_command(server, setup, tmp_path
     shutil.copy(image, inputs / image.name)
     command = [
         sys.executable, "-m", "monai.bundle", "run",
-        "--config_file", str([str(f) for f in setup["config_files"]]),
+        "--config_file", str(REPO_ROOT / "configs" / "inference.yaml"),
         "--bundle_root", str(REPO_ROOT), "--input_dir", str(inputs), "--output_dir", str(tmp_path / "out"),
         "--ckpt_path", str(setup["model"]), "--organ", PROMPTS["organ"], "--object_type", PROMPTS["object_type"],
         "--device", "$torch.device('cpu')",
@@ -322,6 +335,11 @@ def test_sync_training_for_one_epoch_changes_the_weights_the_next_infer_uses(ser
     _, new = server.infer(image)
     assert new["weights"] == new_weights
     assert server.info()["train_stats"][MODEL]["mode"] == "sync"
+
+
+def test_the_server_writes_into_the_app_folder_only_monai_labels_own_folders(trained, setup):
+    assert app_files() == setup["app_files"]
+    assert (setup["model"].parent / "model.label_train.json").is_file()
 
 
 def test_eight_concurrent_infers_all_succeed_with_identical_masks(server, setup):

@@ -1,0 +1,5 @@
+"""The app's infer task."""
+
+from .perceptguide import PerceptGuideInfer
+
+__all__ = ["PerceptGuideInfer"]

@@ -1,0 +1,5 @@
+"""The app's train task."""
+
+from .perceptguide import PerceptGuideTrain
+
+__all__ = ["PerceptGuideTrain"]
