@@ -1,10 +1,12 @@
 """Build the release archive of the bundle: ``dist/<name>_v<version>.zip``.
 
 The archive holds one top-level folder ``<name>/`` with what a bundle user needs (configs/,
-docs/, the ``bundle`` package, scripts/, LICENSE, README, pyproject.toml, large_files.yml) plus
-``SHA256SUMS``, the sha256 of every other member, which ``scripts/verify_bundle.py`` checks on a
-downloaded bundle. It ships the product, not the lab: ``benchmarks/`` and ``tests/`` are not packed. Weights are never packed: they are large files, listed in ``large_files.yml``
-(MONAI's format) and fetched by ``python -m monai.bundle download_large_files``.
+docs/, the ``bundle`` package, the MONAI Label app in apps/, scripts/, LICENSE, README,
+pyproject.toml, large_files.yml) plus ``SHA256SUMS``, the sha256 of every other member, which
+``scripts/verify_bundle.py`` checks on a downloaded bundle. It ships the product, not the lab:
+``benchmarks/`` and ``tests/`` are not packed, nor the folders a MONAI Label server writes into
+its app. Weights are never packed: they are large files, listed in ``large_files.yml`` (MONAI's
+format) and fetched by ``python -m monai.bundle download_large_files``.
 
 Two builds from the same tree are byte-identical: entries sorted, timestamps, permissions and
 compression fixed (deflate output can only change with the zlib version).
@@ -29,13 +31,15 @@ from pathlib import Path, PurePosixPath
 
 import yaml
 
-PACKED_DIRS = ("bundle", "configs", "docs", "scripts")
+PACKED_DIRS = ("apps", "bundle", "configs", "docs", "scripts")
 PACKED_FILES = ("LICENSE", "README.md", "pyproject.toml", "large_files.yml")
 REQUIRED = ("LICENSE", "configs/metadata.json", "bundle/__init__.py")
 CHECKSUM_FILE = "SHA256SUMS"
 LARGE_FILES = "large_files.yml"
 ZIP_DATE = (1980, 1, 1, 0, 0, 0)  # the earliest date a zip entry can hold
 ZIP_MODE = 0o100644  # regular file, rw-r--r--
+# what `monailabel start_server` creates inside an app folder apps/<app>/ (logs/app.log among them)
+MONAI_LABEL_FOLDERS = ("model", "logs", "bin")
 
 
 class PackError(ValueError):
@@ -71,8 +75,11 @@ def read_name_version(root: Path) -> tuple[str, str]:
 
 
 def _is_skipped(relative: PurePosixPath) -> bool:
-    """Caches and hidden files are never part of a release."""
-    return any(part.startswith(".") or part == "__pycache__" for part in relative.parts) or relative.suffix == ".pyc"
+    """Caches, hidden files and what a MONAI Label server wrote into an app are never part of a release."""
+    parts = relative.parts
+    if parts[0] == "apps" and len(parts) > 3 and parts[2] in MONAI_LABEL_FOLDERS:
+        return True
+    return any(part.startswith(".") or part == "__pycache__" for part in parts) or relative.suffix == ".pyc"
 
 
 def collect_members(root: Path, exclude: Iterable[str] = ()) -> list[str]:
