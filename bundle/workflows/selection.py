@@ -1,11 +1,8 @@
 """Which weights ``models/model.pt`` holds after training: the best validated ones or the last.
 
 The official recipe keeps the checkpoint of the best validation score (mean of segmentation
-Dice and classification AUC). On the demo's validation split (10 BUSI images, 6 fetal head, a
-few thyroid videos) that score is noisy enough to pick a poor early epoch (one CPU run kept epoch
-5 of 80): over ten CPU runs the last weights scored a mean test Dice of 0.561 against 0.542 for
-the best-scored ones, higher in eight runs and lower in two, by 0.010 and 0.024 (docs/results.md,
-session 5).
+Dice and classification AUC). On a validation split as small as the demo's that score is noisy
+enough to pick a poor early epoch, so the CPU setting keeps the last weights (docs/results.md).
 """
 
 from __future__ import annotations
