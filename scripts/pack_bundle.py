@@ -21,7 +21,6 @@ Usage (from the repo root)::
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
 import sys
@@ -30,6 +29,8 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path, PurePosixPath
 
 import yaml
+
+from bundle.hashing import file_digest
 
 PACKED_DIRS = ("apps", "bundle", "configs", "docs", "scripts")
 PACKED_FILES = ("LICENSE", "README.md", "pyproject.toml", "large_files.yml")
@@ -44,15 +45,6 @@ MONAI_LABEL_FOLDERS = ("model", "logs", "bin")
 
 class PackError(ValueError):
     """A tree that cannot be packed; the message names the file or key."""
-
-
-def sha256_of(path: Path) -> str:
-    """Hex sha256 of a file, read in 1 MiB chunks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as stream:
-        for chunk in iter(lambda: stream.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def read_name_version(root: Path) -> tuple[str, str]:
@@ -134,7 +126,7 @@ def write_large_files(root: Path, weights: Sequence[str], base_url: str) -> list
             raise PackError(f"--weights {weight}: two weight files named {relative.name} would share one URL")
         names.add(relative.name)
         url = f"{base_url.rstrip('/')}/{relative.name}"
-        entries.append({"path": relative.as_posix(), "url": url, "hash_val": sha256_of(path), "hash_type": "sha256"})
+        entries.append({"path": relative.as_posix(), "url": url, "hash_val": file_digest(path), "hash_type": "sha256"})
     text = "# Written by scripts/pack_bundle.py; fetched by `python -m monai.bundle download_large_files`.\n"
     text += yaml.safe_dump({"large_files": entries}, sort_keys=False)
     (root / LARGE_FILES).write_text(text)
@@ -143,7 +135,7 @@ def write_large_files(root: Path, weights: Sequence[str], base_url: str) -> list
 
 def checksum_text(root: Path, members: Sequence[str]) -> str:
     """``sha256sum``-format lines ``<hex>  <path>`` for ``members``, in their (sorted) order."""
-    return "".join(f"{sha256_of(root / member)}  {member}\n" for member in members)
+    return "".join(f"{file_digest(root / member)}  {member}\n" for member in members)
 
 
 def _zip_entry(name: str) -> zipfile.ZipInfo:
@@ -172,7 +164,7 @@ def build_archive(root: Path, dist_dir: Path) -> tuple[Path, str]:
         os.replace(part, archive)
     finally:
         part.unlink(missing_ok=True)
-    digest = sha256_of(archive)
+    digest = file_digest(archive)
     Path(f"{archive}.sha256").write_text(f"{digest}  {archive.name}\n")
     return archive, digest
 

@@ -28,18 +28,11 @@ from pathlib import Path, PurePosixPath
 
 import yaml
 
+from bundle.hashing import file_digest
+
 CHECKSUM_FILE = "SHA256SUMS"
 LARGE_FILES = "large_files.yml"
 HEX = set("0123456789abcdef")
-
-
-def file_hash(path: Path, hash_type: str = "sha256") -> str:
-    """Hex digest of a file (``hash_type`` as in large_files.yml: md5, sha1, sha256, sha512)."""
-    digest = hashlib.new(hash_type.lower())
-    with open(path, "rb") as stream:
-        for chunk in iter(lambda: stream.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def parse_checksums(text: str, origin: str) -> dict[str, str]:
@@ -70,7 +63,7 @@ def check_tree(bundle_path: Path) -> list[str]:
         target = bundle_path / path
         if not target.is_file():
             problems.append(f"missing: {path}")
-        elif file_hash(target) != digest:
+        elif file_digest(target) != digest:
             problems.append(f"modified: {path} (sha256 differs from {CHECKSUM_FILE})")
     large_files = _large_files(bundle_path)
     known = set(listed) | {CHECKSUM_FILE} | {entry["path"] for entry in large_files}
@@ -87,7 +80,7 @@ def check_tree(bundle_path: Path) -> list[str]:
             problems.append(
                 f"absent: {entry['path']} (run: python -m monai.bundle download_large_files --bundle_path {bundle_path})"
             )
-        elif entry.get("hash_val") and file_hash(target, hash_type) != entry["hash_val"]:
+        elif entry.get("hash_val") and file_digest(target, hash_type) != entry["hash_val"]:
             problems.append(f"modified: {entry['path']} ({hash_type} differs from {LARGE_FILES}; delete it and download again)")
     return problems
 
@@ -106,8 +99,8 @@ def _large_files(bundle_path: Path) -> list[dict]:
 def check_archive(archive: Path, expected_sha256: str | None) -> list[str]:
     """Problems of a downloaded zip: its own sha256 (if given) and its members against its SHA256SUMS."""
     problems = []
-    if expected_sha256 is not None and file_hash(archive) != expected_sha256:
-        problems.append(f"modified: {archive} (sha256 {file_hash(archive)} is not the published {expected_sha256})")
+    if expected_sha256 is not None and file_digest(archive) != expected_sha256:
+        problems.append(f"modified: {archive} (sha256 {file_digest(archive)} is not the published {expected_sha256})")
     with zipfile.ZipFile(archive) as bundle_zip:
         names = [name for name in bundle_zip.namelist() if not name.endswith("/")]
         tops = {name.split("/", 1)[0] for name in names}
