@@ -13,8 +13,8 @@ from apps.monailabel.lib.inference import file_digest
 from apps.monailabel.lib.training import LABEL_DATASET, LabelFineTuner, write_training_inputs
 from bundle.data import load_registry, load_samples
 from bundle.networks import read_checkpoint
-from bundle.workflows.sync import PROMPT_PARAMETER_TAG
 from bundle.prompts import DEFAULT_VOCABULARY
+from bundle.workflows.sync import PROMPT_PARAMETER_TAG
 from tests.conftest import REPO_ROOT
 from tests.label_support import HEADS, head_images, served_checkpoint
 
