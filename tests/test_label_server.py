@@ -14,7 +14,6 @@ from __future__ import annotations
 import concurrent.futures
 import email
 import email.policy
-import hashlib
 import io
 import json
 import os
@@ -35,6 +34,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from bundle.hashing import file_digest
 from tests.conftest import REPO_ROOT
 from tests.label_support import HEADS, head_images, served_checkpoint
 
@@ -168,10 +168,6 @@ def app_files() -> set[str]:
     }
 
 
-def digest(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
 @pytest.fixture(scope="module")
 def label_venv() -> Path:
     """The server's venv, built once by the same script the server uses (cached by its stamp)."""
@@ -247,7 +243,7 @@ def trained(server, setup) -> dict:
     before = dices()
     for image in labelled:
         server.put_label(image.stem, HEADS / "masks" / image.name)
-    weights = digest(setup["model"])
+    weights = file_digest(setup["model"])
     state = server.train(mode="full", max_epochs=FULL_EPOCHS)
     assert state["status"] == "DONE", state
     return {"before": before, "after": dices(), "weights_before": weights, "state": state}
@@ -300,7 +296,7 @@ def test_infer_returns_a_mask_of_the_exact_image_size_and_probabilities_by_the_c
 
 
 def test_full_training_on_labels_saved_through_the_api_makes_masks_overlap_the_truth_more(trained, setup):
-    assert trained["weights_before"] != digest(setup["model"])
+    assert trained["weights_before"] != file_digest(setup["model"])
     assert min(trained["after"]) > 0
     assert np.mean(trained["after"]) > np.mean(trained["before"]) + 0.03, trained
     assert any("Epoch" in line for line in trained["state"]["details"]), trained["state"]["details"]
@@ -327,10 +323,10 @@ def test_server_mask_equals_the_bare_bundle_inference_command(server, setup, tmp
 def test_sync_training_for_one_epoch_changes_the_weights_the_next_infer_uses(server, setup, trained):
     image = setup["heads"][0].stem
     _, old = server.infer(image)
-    assert old["weights"] == digest(setup["model"])
+    assert old["weights"] == file_digest(setup["model"])
     state = server.train(mode="sync", max_epochs=1)
     assert state["status"] == "DONE", state
-    new_weights = digest(setup["model"])
+    new_weights = file_digest(setup["model"])
     assert new_weights != old["weights"]
     _, new = server.infer(image)
     assert new["weights"] == new_weights

@@ -9,9 +9,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from apps.monailabel.lib.inference import file_digest
 from apps.monailabel.lib.training import LABEL_DATASET, LabelFineTuner, write_training_inputs
 from bundle.data import load_registry, load_samples
+from bundle.hashing import file_digest
 from bundle.networks import read_checkpoint
 from bundle.prompts import DEFAULT_VOCABULARY
 from bundle.workflows.sync import PROMPT_PARAMETER_TAG

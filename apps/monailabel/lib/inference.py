@@ -16,7 +16,6 @@ from __future__ import annotations
 import copy
 import csv
 import glob
-import hashlib
 import json
 import logging
 import threading
@@ -29,11 +28,12 @@ import torch
 from monai.bundle import ConfigParser
 
 from bundle.data.files import stem_of
+from bundle.hashing import file_digest
 from bundle.networks import BundleCheckpoint, read_checkpoint
 from bundle.prompts import PROMPT_NAME_KEYS, PromptVocabulary
 from bundle.transforms import LoadImage2D
 
-__all__ = ["PROMPT_NAMES", "BundleInference", "Prediction", "RequestError", "file_digest"]
+__all__ = ["PROMPT_NAMES", "BundleInference", "Prediction", "RequestError"]
 
 logger = logging.getLogger(__name__)
 
@@ -82,12 +82,6 @@ class _Served:
     network: torch.nn.Module
     stamp: tuple[int, int, int]
     digest: str
-
-
-def file_digest(path: Path) -> str:
-    """sha256 hex digest of a file."""
-    with open(path, "rb") as handle:
-        return hashlib.file_digest(handle, "sha256").hexdigest()
 
 
 class BundleInference:

@@ -26,10 +26,9 @@ from typing import Any
 import yaml
 from monai.bundle import run as run_bundle
 
+from bundle.hashing import file_digest
 from bundle.networks import ModelDescription, read_checkpoint
 from bundle.prompts import ORGANS, SEGMENTATION
-
-from .inference import file_digest
 
 __all__ = ["LABEL_DATASET", "STAGES", "TRAIN_MODES", "LabelFineTuner", "label_classes", "write_training_inputs"]
 
