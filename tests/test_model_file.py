@@ -30,8 +30,9 @@ def outputs(network: torch.nn.Module, image: torch.Tensor) -> tuple[torch.Tensor
         return network.eval()(image, PROMPTS)
 
 
-def test_a_checkpoint_rebuilds_its_network_of_any_size_with_equal_outputs(tmp_path):
-    network = tiny_network(seed=3, embed_dim=24, patch_embed="conv", prompt_init="unit", seg_classes=3)
+@pytest.mark.parametrize("options", [{}, {"conv_skips": 8}])
+def test_a_checkpoint_rebuilds_its_network_of_any_size_with_equal_outputs(tmp_path, options):
+    network = tiny_network(seed=3, embed_dim=24, patch_embed="conv", prompt_init="unit", seg_classes=3, **options)
     path = write_checkpoint(tmp_path / "model.pt", network, seg_classes=["background", "cyst", "solid"])
     image = torch.rand(2, 3, TINY_SIZE, TINY_SIZE)
     rebuilt = load_model(path)

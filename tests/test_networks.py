@@ -196,6 +196,8 @@ def test_bad_inputs_raise_value_errors_saying_what_was_expected(image_shape, pro
         ({"patch_embed": "overlapping"}, "(?s)'overlapping'.*Available options are"),
         ({"patch_size": 3, "patch_embed": "conv"}, "power of 2"),
         ({"cache_block_bytes": 0}, "cache_block_bytes must be >= 1"),
+        ({"conv_skips": -1}, "conv_skips must be >= 0"),
+        ({"patch_size": 3, "conv_skips": 8}, "power of 2"),
     ],
 )
 def test_invalid_configuration_is_rejected(options, message):
@@ -213,6 +215,41 @@ def test_convolution_stem_keeps_the_interface_and_every_other_weight():
     official_keys = set(tiny_net().state_dict())
     changed = {key.split(".")[0] + "." + key.split(".")[1] for key in official_keys ^ set(net.state_dict())}
     assert changed == {"patch_embed.convs"}
+
+
+@pytest.mark.parametrize("height, width", [(128, 128), (100, 130), (256, 64)])
+def test_conv_skip_path_gives_seg_logits_of_the_input_size(height, width):
+    net = tiny_net(conv_skips=8, seg_classes=3)
+    with torch.no_grad():
+        seg, cls = net(torch.rand(2, 3, height, width), batch_prompts(PROMPT_NAMES[:2]))
+    assert seg.shape == (2, 3, height, width) and cls.shape == (2, 2)
+
+
+def test_conv_skip_path_adds_its_keys_and_replaces_only_the_final_expansion():
+    official = set(PerceptGuide(**TINY).state_dict())
+    assert set(PerceptGuide(**TINY, conv_skips=0).state_dict()) == official
+    assert not any(key.startswith("conv_skips.") for key in official)
+    skipped = set(PerceptGuide(**TINY, conv_skips=8).state_dict())
+    head = ("seg_decoder.final_expand.", "seg_decoder.out.")
+    assert official - skipped == {key for key in official if key.startswith(head)}
+    assert all(key.startswith("conv_skips.") for key in skipped - official)
+    assert {key for key in skipped if ".prompt_proj." in key and key.startswith("conv_skips.")} == {
+        f"conv_skips.up.{i}.prompt_proj.{p}" for i in (0, 1) for p in ("weight", "bias")
+    }
+
+
+def test_prompts_steer_the_conv_skip_path_through_gains_that_start_neutral():
+    image = torch.rand(1, 3, 128, 128)
+    tokens = torch.rand(1, 32, 32, TINY["embed_dim"])
+    breast, thyroid = batch_prompts(PROMPT_NAMES[:1]), batch_prompts(PROMPT_NAMES[1:2])
+    untrained = PerceptGuide(**TINY, conv_skips=8).eval()
+    trained = tiny_net(conv_skips=8)
+    with torch.no_grad():
+        neutral = untrained.conv_skips(image, tokens, breast), untrained.conv_skips(image, tokens, thyroid)
+        torch.testing.assert_close(*neutral)
+        assert (trained.conv_skips(image, tokens, breast) - trained.conv_skips(image, tokens, thyroid)).abs().max() > 1e-3
+        # the whole network: the Swin decoder blocks and the conv gains both take the prompts
+        assert (trained(image, breast)[0] - trained(image, thyroid)[0]).abs().max() > 1e-3
 
 
 def test_window_geometry_lives_on_the_blocks_outside_the_state_dict():
@@ -345,7 +382,7 @@ def test_swin_imagenet_loader_rejects_unrelated_files(tmp_path):
         load_swin_imagenet(PerceptGuide(**TINY), tmp_path / "missing.pth")
 
 
-@pytest.mark.parametrize("options", [{}, {"patch_embed": "conv"}])
+@pytest.mark.parametrize("options", [{}, {"patch_embed": "conv"}, {"conv_skips": 8}])
 def test_torchscript_trace_matches_eager(options):
     net = tiny_net(**options)
     image = torch.rand(2, 3, 128, 128)

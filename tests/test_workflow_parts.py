@@ -129,6 +129,22 @@ def test_sync_freezes_everything_but_the_prompt_projections():
         prompt_parameters(PerceptGuide(embed_dim=12, window_size=2, prompt=False))
 
 
+def test_sync_trains_the_prompt_gains_of_the_conv_skip_path():
+    net = PerceptGuide(embed_dim=12, encoder_depths=(1, 1, 1, 1), decoder_depths=(1, 1, 1, 1), window_size=2, conv_skips=4)
+    trainable = prompt_parameters(net)
+    names = {name for name, p in net.named_parameters() if p.requires_grad}
+    gains = {f"conv_skips.up.{i}.prompt_proj.{p}" for i in (0, 1) for p in ("weight", "bias")}
+    assert gains <= names and all(".prompt_proj." in name for name in names)
+    before = {key: value.clone() for key, value in net.state_dict().items()}
+    optimizer = torch.optim.SGD(trainable, lr=0.1)
+    prompts = {key: torch.eye(n)[:1].expand(2, -1) for key, n in net.prompt_sizes.items()}
+    seg, _ = net(torch.rand(2, 3, 64, 64), prompts)
+    seg.square().mean().backward()
+    optimizer.step()
+    changed = {key for key, value in net.state_dict().items() if not torch.equal(value, before[key])}
+    assert gains <= changed <= names
+
+
 def test_prompt_parameters_freezes_batch_norm_statistics_in_training_mode():
     conv_stem_net = {"embed_dim": 12, "window_size": 2, "encoder_depths": (1, 1, 1, 1),
                      "decoder_depths": (1, 1, 1, 1), "patch_embed": "conv"}  # fmt: skip

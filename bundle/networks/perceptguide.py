@@ -17,7 +17,7 @@ from monai.networks.nets.swin_unetr import PatchMergingV2
 from monai.utils import look_up_option
 from torch import nn
 
-from bundle.networks.conv_parts import ConvPatchEmbedding
+from bundle.networks.conv_parts import ConvPatchEmbedding, ConvSkipPath, PromptedUpBlock
 from bundle.networks.swin_blocks import (
     ATTENTION_IMPLS,
     DEFAULT_CACHE_BLOCK_BYTES,
@@ -100,9 +100,14 @@ class SegmentationDecoder(nn.Module):
         patch_size: the final expansion factor (back to the input resolution).
         fused_head: apply the 1×1 output convolution before the final depth-to-space (same
             numbers, far less memory traffic); False keeps the official order.
+        head: build the final ×4 expansion and the 1×1 output convolution; False when a
+            :class:`~bundle.networks.conv_parts.ConvSkipPath` takes :meth:`features` to the
+            input resolution instead (:meth:`forward` then has no head to run).
     """
 
-    def __init__(self, plan: StagePlan, seg_classes: int, patch_size: int, fused_head: bool = True) -> None:
+    def __init__(
+        self, plan: StagePlan, seg_classes: int, patch_size: int, fused_head: bool = True, head: bool = True
+    ) -> None:
         super().__init__()
         self.fused_head = fused_head
         bottleneck_dim = plan.width(plan.levels - 1)
@@ -114,6 +119,8 @@ class SegmentationDecoder(nn.Module):
             self.fuse.append(nn.Linear(2 * dim, dim))
             self.stages.append(plan.stage(level, resample=PatchExpanding(dim, dim // 2) if level > 0 else None))
         self.norm = nn.LayerNorm(plan.embed_dim)
+        if not head:
+            return
         self.final_expand = PatchExpanding(
             plan.embed_dim,
             plan.embed_dim,
@@ -123,7 +130,7 @@ class SegmentationDecoder(nn.Module):
         )
         self.out = nn.Conv2d(plan.embed_dim, seg_classes, kernel_size=1, bias=False)
 
-    def forward(
+    def features(
         self, bottleneck: torch.Tensor, skips: Sequence[torch.Tensor], prompts: Mapping[str, torch.Tensor] | None
     ) -> torch.Tensor:
         """
@@ -133,12 +140,18 @@ class SegmentationDecoder(nn.Module):
             prompts: one-hot prompts {key: (B, n_k)} or None.
 
         Returns:
-            seg logits (B, seg_classes, patch·2^(L-1)·h, patch·2^(L-1)·w).
+            normalised features at the token resolution (B, 2^(L-1)·h, 2^(L-1)·w, C).
         """
         x = self.expand_bottleneck(bottleneck)
         for fuse, stage, skip in zip(self.fuse, self.stages, reversed(skips[:-1])):
             x = stage(fuse(torch.cat([x, skip], dim=-1)), prompts)
-        x = self.norm(x)
+        return self.norm(x)
+
+    def forward(
+        self, bottleneck: torch.Tensor, skips: Sequence[torch.Tensor], prompts: Mapping[str, torch.Tensor] | None
+    ) -> torch.Tensor:
+        """Same inputs as :meth:`features`; returns seg logits (B, seg_classes, patch·2^(L-1)·h, patch·2^(L-1)·w)."""
+        x = self.features(bottleneck, skips, prompts)
         if self.fused_head:
             return self.final_expand.project(x, self.out.weight.flatten(1))
         return self.out(self.final_expand(x).permute(0, 3, 1, 2))
@@ -225,6 +238,13 @@ class PerceptGuide(nn.Module):
         cache_block_bytes: in inference, the MLPs and the seg head of the fast path run over
             blocks of tokens whose widest intermediate has about this many bytes, so that it
             stays in cache; a value above a whole map's keeps every map in one piece. Same numbers.
+        conv_skips: width of a SwinUNETR-style convolutional skip path
+            (:class:`~bundle.networks.conv_parts.ConvSkipPath`, state-dict keys ``conv_skips.*``):
+            convolutional blocks on the image at full and half resolution, and prompted up-blocks
+            that take the segmentation decoder's features from the token resolution to the input
+            through them, in place of the final ×4 expansion and 1×1 head. Each up-block's output
+            channels are scaled by ``1 + Linear(prompts)`` (zero-initialised; trained by sync).
+            0 (default): no such path, the official network.
 
     Example::
 
@@ -260,6 +280,7 @@ class PerceptGuide(nn.Module):
         patch_embed: str = "linear",
         onednn_linear: bool = True,
         cache_block_bytes: int = DEFAULT_CACHE_BLOCK_BYTES,
+        conv_skips: int = 0,
     ) -> None:
         super().__init__()
         # the constructor arguments, which a self-describing checkpoint stores to rebuild this network
@@ -280,6 +301,8 @@ class PerceptGuide(nn.Module):
             raise ValueError(f"seg_classes and cls_classes must be >= 1, got {seg_classes} and {cls_classes}.")
         if cache_block_bytes < 1:
             raise ValueError(f"cache_block_bytes must be >= 1, got {cache_block_bytes}.")
+        if conv_skips < 0:
+            raise ValueError(f"conv_skips must be >= 0 (0: no convolutional skip path), got {conv_skips}.")
         sizes = dict(DEFAULT_VOCABULARY.sizes if prompt_sizes is None else prompt_sizes)
         if prompt and sorted(sizes) != sorted(PROMPT_KEYS):
             raise ValueError(f"prompt_sizes needs exactly the keys {list(PROMPT_KEYS)}, got {sorted(sizes)}.")
@@ -326,11 +349,26 @@ class PerceptGuide(nn.Module):
                 common, prompt_sizes=self.prompt_sizes or None, official_batch_prompt_bug=official_batch_prompt_bug
             ),
         )
-        self.seg_decoder = SegmentationDecoder(decoder, seg_classes, patch_size, fused_head=attention_impl == "fast")
+        self.seg_decoder = SegmentationDecoder(
+            decoder, seg_classes, patch_size, fused_head=attention_impl == "fast", head=not conv_skips
+        )
         self.cls_decoder = ClassificationDecoder(decoder, cls_classes)
+        self.conv_skips = (
+            ConvSkipPath(in_channels, embed_dim, conv_skips, seg_classes, patch_size, self.prompt_sizes)
+            if conv_skips
+            else None
+        )
         self.apply(self._init_weights)
+        # the official init above reaches the prompt gains' Linear layers too: they start neutral again
+        self.apply(self._neutral_prompt_gain_init)
         if prompt_init == "unit":
             self.apply(self._unit_prompt_init)
+
+    @staticmethod
+    def _neutral_prompt_gain_init(module: nn.Module) -> None:
+        """Zero prompt gains in the convolutional skip path's up-blocks."""
+        if isinstance(module, PromptedUpBlock):
+            module.reset_prompt_gain()
 
     @staticmethod
     def _unit_prompt_init(module: nn.Module) -> None:
@@ -400,6 +438,9 @@ class PerceptGuide(nn.Module):
             x = stage(x)
         bottleneck = self.encoder_norm(x)
 
-        seg_logits = self.seg_decoder(bottleneck, skips, checked)
+        if self.conv_skips is None:
+            seg_logits = self.seg_decoder(bottleneck, skips, checked)
+        else:
+            seg_logits = self.conv_skips(image, self.seg_decoder.features(bottleneck, skips, checked), checked)
         cls_logits = self.cls_decoder(bottleneck, skips, checked)
         return seg_logits[:, :, :height, :width], cls_logits
