@@ -46,6 +46,7 @@ __all__ = [
     "BundleCheckpoint",
     "bundle_version",
     "describe",
+    "describe_encoder",
     "initialise_from",
     "load_model",
     "read_checkpoint",
@@ -176,6 +177,22 @@ def describe(network: nn.Module, registry: DatasetRegistry, image_size: int, con
         cls_classes=_class_names(cls, arguments["cls_classes"], "class"),
         image_size=int(image_size),
         content=content,
+    )
+
+
+def describe_encoder(network: nn.Module, image_size: int) -> ModelDescription:
+    """The description of the patch embedding and encoder of ``network``, pretrained without labels
+    at ``image_size`` (``content="encoder"``): no dataset, so the default vocabulary and class
+    names by index; a stage that loads it with ``initialise_from`` keeps its own."""
+    arguments = dict(network.arguments)
+    arguments["prompt_sizes"] = DEFAULT_VOCABULARY.sizes
+    return ModelDescription(
+        arguments=arguments,
+        vocabulary={key: list(DEFAULT_VOCABULARY.names(key)) for key in PROMPT_KEYS},
+        seg_classes=_class_names([], arguments["seg_classes"], "class"),
+        cls_classes=_class_names([], arguments["cls_classes"], "class"),
+        image_size=int(image_size),
+        content="encoder",
     )
 
 
