@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from typing import Any, Callable
 
 import torch
@@ -49,10 +50,19 @@ class PromptInferer(Inferer):
         return True
 
     def __call__(self, inputs: torch.Tensor, network: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-        """Returns the network's outputs (a tensor or a tuple of tensors), cast to float32."""
+        """Returns the network's outputs (a tensor, a tuple or a dict of tensors), cast to float32."""
         device = inputs.device
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=self._use_bf16(device)):
             outputs = network(inputs, *args, **kwargs)
-        if isinstance(outputs, (tuple, list)):
-            return tuple(o.float() for o in outputs)
-        return outputs.float()
+        return _as_float(outputs)
+
+
+def _as_float(outputs: Any) -> Any:
+    """Every tensor of ``outputs`` (a tensor, or tuples, lists and dicts of them) as float32."""
+    if isinstance(outputs, Mapping):
+        return {key: _as_float(o) for key, o in outputs.items()}
+    if isinstance(outputs, tuple):
+        return tuple(_as_float(o) for o in outputs)
+    if isinstance(outputs, list):
+        return [_as_float(o) for o in outputs]
+    return outputs.float()
