@@ -181,7 +181,7 @@ def test_prepare_batch_returns_targets_and_prompts_and_names_missing_keys():
 @pytest.mark.parametrize(
     "stages, workflow_type",
     [(["pretrain"], "train"), (["pretrain", "sync"], "train"), (["pretrain", "finetune"], "train"),
-     (["evaluate"], "infer"), (["inference"], "infer")],
+     (["ssl_pretrain"], "train"), (["evaluate"], "infer"), (["inference"], "infer")],
 )  # fmt: skip
 def test_configs_satisfy_the_monai_bundle_workflow_contract(stages, workflow_type, monkeypatch, tiny_checkpoint):
     monkeypatch.chdir(REPO_ROOT)
@@ -192,6 +192,7 @@ def test_configs_satisfy_the_monai_bundle_workflow_contract(stages, workflow_typ
         workflow_type=workflow_type,
         ckpt_path=str(tiny_checkpoint),
         init_ckpt=str(tiny_checkpoint),
+        unlabelled_dirs=[str(REPO_ROOT / "data" / "demo" / "segmentation" / "Fetal_HC" / "imgs")],
     )
     workflow.initialize()
     assert not workflow.check_properties()
