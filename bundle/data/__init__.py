@@ -13,7 +13,13 @@ from bundle.data.files import IMAGE_SUFFIXES, folder_samples
 from bundle.data.load import load_samples
 from bundle.data.m2us import m2us_samples
 from bundle.data.registry import DatasetRegistry, DatasetSpec, load_registry, read_official_config
-from bundle.data.sampler import DatasetWeightedSampler, dataset_weights, weighted_sampler
+from bundle.data.sampler import (
+    DatasetWeightedSampler,
+    MixedShareSampler,
+    dataset_weights,
+    training_sampler,
+    weighted_sampler,
+)
 from bundle.data.samples import SPLITS
 from bundle.data.split import split_ids
 
@@ -23,6 +29,7 @@ __all__ = [
     "DatasetRegistry",
     "DatasetSpec",
     "DatasetWeightedSampler",
+    "MixedShareSampler",
     "datalist_samples",
     "dataset_weights",
     "folder_samples",
@@ -31,6 +38,7 @@ __all__ = [
     "m2us_samples",
     "read_official_config",
     "split_ids",
+    "training_sampler",
     "weighted_sampler",
     "write_datalist",
 ]

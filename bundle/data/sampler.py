@@ -102,3 +102,57 @@ def weighted_sampler(
         group_by: see ``dataset_weights``.
     """
     return DatasetWeightedSampler(samples, dataset_weights(samples, group_by), num_samples=num_samples, seed=seed)
+
+
+class MixedShareSampler(DatasetWeightedSampler):
+    """Batches of a set share of unlabelled samples, the rest drawn as :class:`DatasetWeightedSampler` does.
+
+    The dataset lists the labelled samples first, then ``num_unlabelled`` unlabelled ones. Each
+    run of ``batch_size`` indices holds ``round(share · batch_size)`` unlabelled draws (uniform,
+    with replacement) after the labelled ones, so a DataLoader of that batch size (``drop_last``)
+    gets the share in every batch. Epoch e draws with ``seed + e``; one process only.
+
+    Args:
+        dataset: labelled then unlabelled items (only its length is used).
+        weights: one weight per labelled item.
+        num_unlabelled: how many unlabelled items end the dataset.
+        batch_size: the DataLoader's batch size.
+        share: unlabelled fraction of each batch, in (0, 1).
+        seed: base seed.
+    """
+
+    def __init__(
+        self, dataset: Sequence, weights: Sequence[float], num_unlabelled: int, batch_size: int, share: float, seed: int = 0
+    ) -> None:
+        labelled = len(dataset) - num_unlabelled
+        if not 0 < share < 1 or num_unlabelled < 1 or labelled < 1:
+            raise ValueError(
+                f"a mixed batch needs labelled and unlabelled samples and 0 < share < 1; got {labelled} labelled, "
+                f"{num_unlabelled} unlabelled, share {share}"
+            )
+        super().__init__(dataset[:labelled], weights, num_samples=labelled, seed=seed, num_replicas=1, rank=0)
+        self.labelled, self.num_unlabelled, self.batch_size = labelled, num_unlabelled, batch_size
+        self.per_batch = min(max(round(share * batch_size), 1), batch_size - 1)
+        self.batches = max(labelled // (batch_size - self.per_batch), 1)
+        self.num_samples = self.total_size = self.batches * batch_size
+
+    def __iter__(self):
+        generator = torch.Generator().manual_seed(self.seed + self.epoch)
+        size = self.batch_size - self.per_batch
+        drawn = torch.multinomial(self.weights, self.batches * size, replacement=True, generator=generator)
+        extra = torch.randint(self.labelled, self.labelled + self.num_unlabelled, (self.batches, self.per_batch), generator=generator)
+        return iter(torch.cat([drawn.view(self.batches, size), extra], 1).flatten().tolist())
+
+
+def training_sampler(
+    samples: Sequence[Mapping], seed: int = 0, batch_size: int = 1, unlabelled_share: float = 0.5
+) -> DatasetWeightedSampler:
+    """The pretraining sampler: official dataset weights, and unlabelled samples (``labelled == 0``, listed
+    last) at ``unlabelled_share`` of every batch when there are any."""
+    unlabelled = sum(1 for sample in samples if sample.get("labelled", 1) == 0)
+    if not unlabelled:
+        return weighted_sampler(samples, seed=seed)
+    labelled = samples[: len(samples) - unlabelled]
+    if any(sample.get("labelled", 1) == 0 for sample in labelled):
+        raise ValueError("unlabelled samples must follow the labelled ones in the training list")
+    return MixedShareSampler(samples, dataset_weights(labelled), unlabelled, batch_size, float(unlabelled_share), seed)

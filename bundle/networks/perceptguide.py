@@ -7,6 +7,7 @@ hyper-perception and attention-matching downstream synchronization", MedIA 2025.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -33,7 +34,26 @@ from bundle.prompts import DEFAULT_VOCABULARY, PROMPT_KEYS
 PROMPT_INITS = ("official", "unit")
 PATCH_EMBEDDINGS = {"linear": PatchEmbedding, "conv": ConvPatchEmbedding}
 
-__all__ = ["PerceptGuide"]
+__all__ = ["EncodedImage", "PerceptGuide"]
+
+
+@dataclass
+class EncodedImage:
+    """What the encoder makes of a batch, for the decoders.
+
+    Args:
+        image: the input padded to the network's multiple (B, C, H', W').
+        bottleneck: the normalised deepest tokens (B, h, w, C·2^(L-1)), channels last.
+        skips: each encoder stage's input tokens, finest first.
+        prompts: the checked one-hot prompts {key: (B, n_k)}, or None without prompts.
+        size: (H, W) of the input before padding.
+    """
+
+    image: torch.Tensor
+    bottleneck: torch.Tensor
+    skips: list[torch.Tensor]
+    prompts: dict[str, torch.Tensor] | None
+    size: tuple[int, int]
 
 
 def _drop_path_rates(depths: Sequence[int], rate: float) -> list[list[float]]:
@@ -358,11 +378,17 @@ class PerceptGuide(nn.Module):
             if conv_skips
             else None
         )
-        self.apply(self._init_weights)
+        self.initialise(self)
+
+    def initialise(self, module: nn.Module) -> nn.Module:
+        """Draw initial weights for ``module`` (this network, or a copy of one of its parts) by this
+        network's scheme: the official init, neutral prompt gains, and ``prompt_init``."""
+        module.apply(self._init_weights)
         # the official init above reaches the prompt gains' Linear layers too: they start neutral again
-        self.apply(self._neutral_prompt_gain_init)
-        if prompt_init == "unit":
-            self.apply(self._unit_prompt_init)
+        module.apply(self._neutral_prompt_gain_init)
+        if self.arguments["prompt_init"] == "unit":
+            module.apply(self._unit_prompt_init)
+        return module
 
     @staticmethod
     def _neutral_prompt_gain_init(module: nn.Module) -> None:
@@ -409,6 +435,41 @@ class PerceptGuide(nn.Module):
             checked[key] = value
         return checked
 
+    def encode(self, image: torch.Tensor, prompts: Mapping[str, torch.Tensor] | None = None) -> EncodedImage:
+        """Checked prompts, the padded image and the encoder's features (see :meth:`forward` for the inputs)."""
+        if image.dim() != 4 or image.shape[1] != self.in_channels:
+            raise ValueError(f"image must have shape (B, {self.in_channels}, H, W), got {tuple(image.shape)}.")
+        batch, _, height, width = image.shape
+        checked = self._check_prompts(prompts, batch)
+        pad_h = -height % self.pad_multiple
+        pad_w = -width % self.pad_multiple
+        if pad_h or pad_w:
+            image = F.pad(image, (0, pad_w, 0, pad_h))
+        x = self.pos_drop(self.patch_embed(image))
+        skips = []
+        for stage in self.encoder:
+            skips.append(x)
+            x = stage(x)
+        return EncodedImage(image, self.encoder_norm(x), skips, checked, (height, width))
+
+    def segment(
+        self,
+        encoded: EncodedImage,
+        seg_decoder: SegmentationDecoder | None = None,
+        conv_skips: ConvSkipPath | None = None,
+    ) -> torch.Tensor:
+        """Seg logits (B, seg_classes, H, W) of ``encoded`` through this network's segmentation path,
+        or through another decoder of the same shape (``seg_decoder``, ``conv_skips``: auxiliary decoders)."""
+        seg_decoder = seg_decoder or self.seg_decoder
+        conv_skips = conv_skips or self.conv_skips
+        features = (encoded.bottleneck, encoded.skips, encoded.prompts)
+        if conv_skips is None:
+            logits = seg_decoder(*features)
+        else:
+            logits = conv_skips(encoded.image, seg_decoder.features(*features), encoded.prompts)
+        height, width = encoded.size
+        return logits[:, :, :height, :width]
+
     def forward(
         self, image: torch.Tensor, prompts: Mapping[str, torch.Tensor] | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -422,25 +483,5 @@ class PerceptGuide(nn.Module):
         Returns:
             seg logits (B, seg_classes, H, W) and cls logits (B, cls_classes).
         """
-        if image.dim() != 4 or image.shape[1] != self.in_channels:
-            raise ValueError(f"image must have shape (B, {self.in_channels}, H, W), got {tuple(image.shape)}.")
-        batch, _, height, width = image.shape
-        checked = self._check_prompts(prompts, batch)
-        pad_h = -height % self.pad_multiple
-        pad_w = -width % self.pad_multiple
-        if pad_h or pad_w:
-            image = F.pad(image, (0, pad_w, 0, pad_h))
-
-        x = self.pos_drop(self.patch_embed(image))
-        skips = []
-        for stage in self.encoder:
-            skips.append(x)
-            x = stage(x)
-        bottleneck = self.encoder_norm(x)
-
-        if self.conv_skips is None:
-            seg_logits = self.seg_decoder(bottleneck, skips, checked)
-        else:
-            seg_logits = self.conv_skips(image, self.seg_decoder.features(bottleneck, skips, checked), checked)
-        cls_logits = self.cls_decoder(bottleneck, skips, checked)
-        return seg_logits[:, :, :height, :width], cls_logits
+        encoded = self.encode(image, prompts)
+        return self.segment(encoded), self.cls_decoder(encoded.bottleneck, encoded.skips, encoded.prompts)

@@ -19,6 +19,7 @@ SAMPLE_KEYS: tuple[str, ...] = (
     "prompt_task",
     "prompt_mode",
     "prompt_type",
+    "labelled",
     "dataset",
 )
 INFERENCE_KEYS: tuple[str, ...] = ("image", "task_id", "prompt_position", "prompt_task", "prompt_mode", "prompt_type")
@@ -63,7 +64,8 @@ class TaskTargetsd(Transform):
     """Targets every sample carries, whatever its task, so losses can mask by ``task_id``.
 
     ``label`` -> int64 (1, H, W) class indices, all zeros for a classification sample (it has
-    none); ``cls_label`` -> int64 scalar (0 for segmentation).
+    none); ``cls_label`` -> int64 scalar (0 for segmentation); ``labelled`` -> int64 scalar, 1
+    unless the sample says 0 (an unlabelled image of consistency training).
     """
 
     def __call__(self, data: Mapping[Hashable, object]) -> dict:
@@ -71,4 +73,5 @@ class TaskTargetsd(Transform):
         label = d.get("label")
         d["label"] = torch.zeros_like(d["image"][:1], dtype=torch.int64) if label is None else label.round().long()
         d["cls_label"] = torch.tensor(int(d["cls_label"]), dtype=torch.int64)
+        d["labelled"] = torch.tensor(int(d.get("labelled", 1)), dtype=torch.int64)
         return d

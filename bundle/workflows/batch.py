@@ -43,7 +43,7 @@ class PreparePromptBatch(PrepareBatch):
         image = move(batchdata["image"])
         prompts = {key: move(batchdata[prompt_batch_key(key)]).float() for key in PROMPT_KEYS}
         targets: dict[str, Any] = {}
-        for key in ("label", "cls_label", "task_id"):
+        for key in ("label", "cls_label", "task_id", "labelled"):
             if key in batchdata:
                 targets[key] = move(batchdata[key]).long()
         if "dataset" in batchdata:
