@@ -100,9 +100,10 @@ class AdaptiveMasker:
     """Makes each step's masks and keeps the student's recent reconstruction error per unit.
 
     The error map is, per unit position, the mean reconstruction error of the images of the last
-    batch in which that unit was masked (a position in no mask keeps its earlier value): the
-    previous batch's images are other images, so what carries over is where reconstruction is
-    hard, as OpenUS carries the previous step's error. It is saved with the training state.
+    batch in which that unit was masked (a position in no mask keeps its earlier value, or at the
+    first record takes the mean of the others): the previous batch's images are other images, so
+    what carries over is where reconstruction is hard, as OpenUS carries the previous step's
+    error. It is saved with the training state.
 
     Args:
         ratio: masked share of the units (0.6).
