@@ -279,6 +279,7 @@ def test_pool_lists_every_image_at_any_depth_once_and_refuses_empty_or_missing_f
     names = sorted(Path(s["image"]).name for s in samples)
     assert len(names) == 9 and "frame1.nii.gz" in names and "frame0.dcm" in names and "corrupt.png" in names
     assert unlabelled_samples(str(pool)) == unlabelled_samples([pool])
+    assert unlabelled_samples([{"dir": str(pool), "organ": "thyroid", "object_type": "organ"}]) == unlabelled_samples([pool])
     empty = tmp_path / "empty"
     (empty / "sub").mkdir(parents=True)
     (empty / "sub" / "notes.txt").write_text("no image here")

@@ -178,6 +178,10 @@ def test_prepare_batch_returns_targets_and_prompts_and_names_missing_keys():
         PreparePromptBatch()(batch, torch.device("cpu"))
 
 
+# the self-supervised stage needs images to build its dataset: a demo image folder, labels unused
+SSL_POOL = {"unlabelled_dirs": [str(REPO_ROOT / "data" / "demo" / "segmentation" / "Fetal_HC" / "imgs")]}
+
+
 @pytest.mark.parametrize(
     "stages, workflow_type",
     [(["pretrain"], "train"), (["pretrain", "sync"], "train"), (["pretrain", "finetune"], "train"),
@@ -192,7 +196,7 @@ def test_configs_satisfy_the_monai_bundle_workflow_contract(stages, workflow_typ
         workflow_type=workflow_type,
         ckpt_path=str(tiny_checkpoint),
         init_ckpt=str(tiny_checkpoint),
-        unlabelled_dirs=[str(REPO_ROOT / "data" / "demo" / "segmentation" / "Fetal_HC" / "imgs")],
+        **(SSL_POOL if "ssl_pretrain" in stages else {}),
     )
     workflow.initialize()
     assert not workflow.check_properties()
