@@ -1,13 +1,13 @@
 """The plain alternative of issue 6: a MONAI ``UNet`` trained jointly on the demo segmentation sets.
 
 A 2D ``monai.networks.nets.UNet`` (channels 16-256, 2 residual units, 1.63 M parameters) is
-trained on the training split of every segmentation dataset of the registry at once (prompts
-ignored; classification datasets left out), with Dice + CE and Adam, for a fixed time budget
-(wall clock, or this process's CPU time with ``--clock process``), and evaluated per image on
-the test split with the bundle's own metric code (``bundle.workflows.metrics``: Dice per image,
-empty ground truth excluded, per dataset) at the network input resolution
-(``bundle.transforms.val_transforms``). The untrained model (same initial weights) is
-evaluated first, so one run prints both rows.
+trained on the training split of every segmentation dataset of the registry at once (or on the
+lists of a ``--datalist`` JSON; prompts ignored; classification datasets left out), with Dice +
+CE and Adam, for a fixed time budget (wall clock, or this process's CPU time with ``--clock
+process``), and evaluated per image on the test split with the bundle's own metric code
+(``bundle.workflows.metrics``: Dice per image, empty ground truth excluded, per dataset) at the
+network input resolution (``bundle.transforms.val_transforms``). The untrained model (same
+initial weights) is evaluated first, so one run prints both rows.
 
 Data and augmentation are the bundle's: ``train_transforms`` (official flip / rotate / zoom
 cascade) and the 1/sqrt(n) dataset-weighted sampler. By default every training image is seen
@@ -19,7 +19,7 @@ budget, the time analogue of the bundle's per-iteration schedule.
 Usage::
 
     python -m benchmarks.unet_baseline [--minutes 12] [--clock wall|process] [--dataset_dir data/demo] \\
-        [--image_size 160] [--batch_size 16] [--lr 1e-3] [--threads 2] [--json out.json]
+        [--datalist FILE.json] [--image_size 160] [--batch_size 16] [--lr 1e-3] [--threads 2] [--json out.json]
 """
 
 from __future__ import annotations
@@ -62,11 +62,12 @@ def build_unet(seg_classes: int) -> UNet:
     )
 
 
-def segmentation_samples(registry: DatasetRegistry, split: str) -> list[dict]:
-    """The registry's segmentation samples of ``split`` (classification datasets left out)."""
-    kept = [s for s in load_samples(registry, split) if s["task"] == "segmentation"]
+def segmentation_samples(registry: DatasetRegistry, split: str, datalist: str | Path | None = None) -> list[dict]:
+    """The segmentation samples of ``split`` (classification datasets left out), from ``datalist``
+    (a MONAI datalist JSON) when given, else from the registry's folders."""
+    kept = [s for s in load_samples(registry, split, datalist) if s["task"] == "segmentation"]
     if not kept:
-        raise ValueError(f"no segmentation samples in split '{split}' of the registry")
+        raise ValueError(f"no segmentation samples in split '{split}' of {datalist or 'the registry'}")
     return verify_samples(kept, registry)
 
 
@@ -128,8 +129,10 @@ def run(args: argparse.Namespace) -> dict:
     set_determinism(seed=args.seed)
     registry = load_registry(Path(args.dataset_dir) / "datasets.yaml")
     classes = registry.num_seg_classes
-    train = segmentation_samples(registry, "train")
-    test = segmentation_samples(registry, args.split)
+    train = segmentation_samples(registry, "train", args.datalist)
+    test = segmentation_samples(registry, args.split, args.datalist)
+    if len(train) < args.batch_size:  # drop_last would leave epochs without an iteration, and the budget unspent
+        raise ValueError(f"{len(train)} training images, fewer than one batch of {args.batch_size}")
     train_ds = CacheDataset(train, unet_train_transforms(args.image_size, registry, args.input_mode), num_workers=0)
     train_loader = DataLoader(
         train_ds, batch_size=args.batch_size, sampler=weighted_sampler(train, seed=args.seed), drop_last=True
@@ -183,6 +186,7 @@ def table(result: dict) -> str:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--dataset_dir", default=str(DEMO_DATA))
+    parser.add_argument("--datalist", help="MONAI datalist JSON of the splits (default: the registry's folders)")
     parser.add_argument("--minutes", type=float, default=12.0, help="training budget")
     parser.add_argument("--clock", choices=sorted(CLOCKS), default="wall", help="what the budget counts")
     parser.add_argument("--image_size", type=int, default=160)

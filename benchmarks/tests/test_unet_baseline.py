@@ -11,6 +11,7 @@ from ignite.engine import Engine
 
 from benchmarks import DEMO_DATA, unet_baseline
 from bundle.prompts import MODES
+from tests.bundle_runner import write_small_datalist
 
 
 @pytest.mark.parametrize("classes, expected", [(2, 1_625_737), (3, 1_626_072)])
@@ -18,6 +19,21 @@ def test_unet_has_the_issues_size_and_maps_rgb_to_class_logits(classes: int, exp
     net = unet_baseline.build_unet(classes)
     assert sum(p.numel() for p in net.parameters()) == expected
     assert net(torch.rand(2, 3, 32, 48)).shape == (2, classes, 32, 48)
+
+
+def test_a_datalist_gives_its_segmentation_lists_instead_of_the_registry_folders(tmp_path) -> None:
+    registry = unet_baseline.load_registry(DEMO_DATA / "datasets.yaml")
+    datalist = write_small_datalist(tmp_path / "datalist.json", {"training": 2, "test": 1})
+    train = unet_baseline.segmentation_samples(registry, "train", datalist)
+    assert sorted(s["dataset"] for s in train) == ["BUSI", "BUSI", "Fetal_HC", "Fetal_HC", "TG3K", "TG3K"]
+    assert len(unet_baseline.segmentation_samples(registry, "test", datalist)) == 3
+    assert len(unet_baseline.segmentation_samples(registry, "train")) > len(train)
+
+
+def test_fewer_training_images_than_a_batch_are_refused_before_training(tmp_path) -> None:
+    datalist = write_small_datalist(tmp_path / "datalist.json", {"training": 2, "test": 1})
+    with pytest.raises(ValueError, match="6 training images, fewer than one batch of 16"):
+        unet_baseline.main(["--datalist", str(datalist), "--batch_size", "16", "--threads", "1"])
 
 
 @pytest.mark.parametrize("input_mode, modes", [("whole", {"whole"}), ("official", {"whole", "local"})])
