@@ -620,8 +620,11 @@ def plot(rows: Sequence[Mapping], path: Path) -> None:
             means = [statistics.fmean(points[f]) for f in fractions]
             errors = [statistics.stdev(points[f]) if len(points[f]) > 1 else 0.0 for f in fractions]
             axis.errorbar([100 * f for f in fractions], means, yerr=errors, marker="o", capsize=3, label=method)
+    percents = sorted({100 * row["fraction"] for row in rows})
     for axis, panel in zip(axes, panels):
         axis.set_xscale("log")
+        axis.set_xticks(percents, [f"{p:g}" for p in percents])
+        axis.minorticks_off()
         axis.set_title(panel)
         axis.set_xlabel("labelled training images (%)")
         axis.grid(alpha=0.3)

@@ -181,6 +181,18 @@ def test_table_gives_mean_and_spread_over_seeds_per_dataset() -> None:
     assert lines[3] == "| 10 % | 7 / 4 | ssl | 1 | 0.500 | 0.700 | 0.600 | 2.0 |"
 
 
+def test_plot_draws_dice_against_the_fraction_per_dataset(tmp_path: Path) -> None:
+    pytest.importorskip("matplotlib", reason="the bench extra draws the plot")
+    rows = [
+        {"method": method, "fraction": fraction, "seed": seed, "labelled": {"A": 1}, "dice": {"A": dice + seed / 100}}
+        for method, dice in (("scratch", 0.3), ("ssl", 0.5))
+        for fraction in (0.1, 1.0)
+        for seed in (0, 1)
+    ]
+    le.plot(rows, tmp_path / "plot.png")
+    assert (tmp_path / "plot.png").read_bytes()[:4] == b"\x89PNG"
+
+
 def test_a_scratch_cell_runs_end_to_end_writes_its_row_and_is_not_run_twice(tmp_path: Path) -> None:
     work, markdown = tmp_path / "work", tmp_path / "table.md"
     argv = [
