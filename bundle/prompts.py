@@ -34,6 +34,13 @@ PROMPT_KEYS: tuple[str, ...] = ("position", "task", "mode", "type")
 PROMPT_NAME_KEYS: dict[str, str] = {"organ": "position", "task": "task", "mode": "mode", "object_type": "type"}
 
 SEGMENTATION, CLASSIFICATION = TASKS
+
+
+def prompt_field(key: str) -> str:
+    """The one name of prompt ``key``'s one-hot vector everywhere: a sample's and a batch's key, a
+    network module or parameter (``"type_prompt"``; ``"type"`` itself would shadow ``nn.Module.type``),
+    the official code's ``type_prompt``."""
+    return f"{key}_prompt"
 # a sample's ``task_id``: the task's index in TASKS (its one-hot position)
 TASK_IDS: dict[str, int] = {name: index for index, name in enumerate(TASKS)}
 

@@ -64,7 +64,7 @@ def test_verify_metadata_rejects_wrongly_typed_input_description(tmp_path):
 
 @pytest.mark.parametrize("key", PROMPT_KEYS)
 def test_prompt_inputs_follow_the_prompt_vocabulary(key):
-    description = _metadata()["network_data_format"]["inputs"][f"prompt_{key}"]
+    description = _metadata()["network_data_format"]["inputs"][f"{key}_prompt"]
     names = DEFAULT_VOCABULARY.names(key)
     assert description["num_channels"] == DEFAULT_VOCABULARY.sizes[key]
     assert [description["channel_def"][str(i)] for i in range(len(names))] == list(names)

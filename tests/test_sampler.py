@@ -104,7 +104,7 @@ def test_same_seed_gives_the_same_batch(train_samples):
     finally:
         set_determinism(None)
         torch.set_num_threads(threads)
-    for key in ("image", "label", "cls_label", "task_id", "prompt_mode", "prompt_position"):
+    for key in ("image", "label", "cls_label", "task_id", "mode_prompt", "position_prompt"):
         assert torch.equal(first[key], second[key]), key
     assert first["dataset"] == second["dataset"]
     assert not torch.equal(first["image"], other["image"])

@@ -61,7 +61,7 @@ def _check_sample(out: dict, source: dict, mode: str) -> None:
         {"position": source["organ"], "task": source["task"], "mode": mode, "type": source["object_type"]}
     )
     for key, vector in expected.items():
-        assert torch.equal(out[f"prompt_{key}"], vector), key
+        assert torch.equal(out[f"{key}_prompt"], vector), key
     assert out["dataset"] == source["dataset"]
 
 
@@ -117,7 +117,7 @@ def test_train_chain_draws_every_allowed_mode_with_valid_samples(registry, sampl
     seen = set()
     for _ in range(24):
         out = chain(source)
-        mode = DEFAULT_VOCABULARY.modes[int(out["prompt_mode"].argmax())]
+        mode = DEFAULT_VOCABULARY.modes[int(out["mode_prompt"].argmax())]
         seen.add(mode)
         _check_sample(out, source, mode)
         assert not hasattr(out["image"], "meta")  # plain tensors for training
@@ -131,7 +131,7 @@ def test_train_batches_mix_tasks_with_task_masked_targets(registry):
     assert batch["image"].shape == (12, 3, SIZE, SIZE) and batch["label"].shape == (12, 1, SIZE, SIZE)
     assert batch["task_id"].tolist() == [1] * 6 + [0] * 6
     assert batch["label"][:6].sum() == 0 and all(batch["label"][i].sum() > 0 for i in range(6, 12))
-    assert batch["prompt_position"].shape == (12, 11) and batch["prompt_task"][:, 1].tolist() == [1.0] * 6 + [0.0] * 6
+    assert batch["position_prompt"].shape == (12, 11) and batch["task_prompt"][:, 1].tolist() == [1.0] * 6 + [0.0] * 6
     assert len(batch["dataset"]) == 12
 
 
@@ -156,12 +156,12 @@ def test_inference_chain_takes_prompts_by_name_with_per_image_override(samples, 
     out = chain({"image": image})
     assert set(out) == set(INFERENCE_KEYS) and out["image"].shape == (3, SIZE, SIZE)
     assert out["image"].meta["filename_or_obj"] == image
-    assert torch.equal(out["prompt_position"], DEFAULT_VOCABULARY.one_hot("position", "breast"))
-    assert torch.equal(out["prompt_mode"], DEFAULT_VOCABULARY.one_hot("mode", "whole"))
+    assert torch.equal(out["position_prompt"], DEFAULT_VOCABULARY.one_hot("position", "breast"))
+    assert torch.equal(out["mode_prompt"], DEFAULT_VOCABULARY.one_hot("mode", "whole"))
     override = chain({"image": image, "organ": "thyroid", "object_type": "organ", "mode": "local"})
-    assert torch.equal(override["prompt_position"], DEFAULT_VOCABULARY.one_hot("position", "thyroid"))
-    assert torch.equal(override["prompt_type"], DEFAULT_VOCABULARY.one_hot("type", "organ"))
-    assert torch.equal(override["prompt_mode"], DEFAULT_VOCABULARY.one_hot("mode", "local"))
+    assert torch.equal(override["position_prompt"], DEFAULT_VOCABULARY.one_hot("position", "thyroid"))
+    assert torch.equal(override["type_prompt"], DEFAULT_VOCABULARY.one_hot("type", "organ"))
+    assert torch.equal(override["mode_prompt"], DEFAULT_VOCABULARY.one_hot("mode", "local"))
     assert torch.allclose(override["image"], out["image"])  # a user's local image is used as given
 
 

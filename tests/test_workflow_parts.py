@@ -168,13 +168,13 @@ def test_prepare_batch_returns_targets_and_prompts_and_names_missing_keys():
     batch = {
         "image": torch.rand(2, 3, 8, 8), "label": torch.zeros(2, 1, 8, 8), "cls_label": torch.tensor([0, 1]),
         "task_id": torch.tensor([0, 1]), "dataset": ["A", "B"],
-        **{f"prompt_{k}": torch.zeros(2, n) for k, n in {"position": 11, "task": 2, "mode": 3, "type": 2}.items()},
+        **{f"{k}_prompt": torch.zeros(2, n) for k, n in {"position": 11, "task": 2, "mode": 3, "type": 2}.items()},
     }  # fmt: skip
     image, targets, args, kwargs = PreparePromptBatch()(batch, torch.device("cpu"))
     assert image.shape == (2, 3, 8, 8) and targets["label"].dtype == torch.long and targets["dataset"] == ["A", "B"]
     assert set(args[0]) == {"position", "task", "mode", "type"} and kwargs == {}
-    del batch["prompt_mode"]
-    with pytest.raises(KeyError, match="prompt_mode"):
+    del batch["mode_prompt"]
+    with pytest.raises(KeyError, match="mode_prompt"):
         PreparePromptBatch()(batch, torch.device("cpu"))
 
 

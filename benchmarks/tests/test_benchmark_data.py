@@ -28,7 +28,7 @@ def test_reference_chain_swaps_every_plain_tensor_step_for_monai_ones() -> None:
         assert set(theirs) == set(ours) == set(SAMPLE_KEYS)
         for key in ("image", "label"):
             assert theirs[key].shape == ours[key].shape and theirs[key].dtype == ours[key].dtype
-        assert torch.equal(theirs["prompt_position"], ours["prompt_position"])
+        assert torch.equal(theirs["position_prompt"], ours["position_prompt"])
 
 
 def test_prints_both_chains_and_their_ratio(capsys: pytest.CaptureFixture) -> None:

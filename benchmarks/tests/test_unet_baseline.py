@@ -46,7 +46,7 @@ def test_training_chain_draws_only_the_requested_input_modes(input_mode: str, mo
     for _ in range(12):
         out = chain(dict(sample))
         assert out["image"].shape == (3, 32, 32) and out["label"].shape == (1, 32, 32)
-        drawn.add(MODES[int(out["prompt_mode"].argmax())])
+        drawn.add(MODES[int(out["mode_prompt"].argmax())])
     assert drawn == modes
 
 

@@ -7,7 +7,6 @@ hyper-perception and attention-matching downstream synchronization", MedIA 2025.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from dataclasses import dataclass, field, replace
 from typing import Any
 

@@ -41,6 +41,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from bundle.networks import dense
+from bundle.prompts import prompt_field
 
 ATTENTION_IMPLS = ("fast", "reference")
 # Token-wise work on large maps runs in blocks whose widest intermediate (the MLP hidden layer,
@@ -67,11 +68,6 @@ def in_cache_blocks(
     if tokens.shape[0] <= step or torch.compiler.is_compiling():
         return fn(tokens)
     return torch.cat([fn(block) for block in tokens.split(step)])
-
-
-def prompt_slot(key: str) -> str:
-    """Module / parameter name of prompt ``key``: ``"type"`` itself would shadow ``nn.Module.type``."""
-    return f"{key}_prompt"
 
 
 def window_token_order(
@@ -178,14 +174,14 @@ class PromptProjection(nn.ModuleDict):
     """
 
     def __init__(self, dim: int, prompt_sizes: Mapping[str, int]) -> None:
-        super().__init__({prompt_slot(key): nn.Linear(size, dim) for key, size in prompt_sizes.items()})
+        super().__init__({prompt_field(key): nn.Linear(size, dim) for key, size in prompt_sizes.items()})
         self.keys_in_order = tuple(prompt_sizes)
 
     def forward(self, prompts: Mapping[str, torch.Tensor]) -> torch.Tensor:
         """Prompts ``{key: (B, n_k)}`` -> combined embedding ``b`` (B, C)."""
         combined = None
         for key in self.keys_in_order:
-            embedding = self[prompt_slot(key)](prompts[key])
+            embedding = self[prompt_field(key)](prompts[key])
             combined = embedding if combined is None else combined * embedding
         return combined
 
@@ -241,7 +237,7 @@ class WindowAttention(nn.Module):
         self.register_buffer("relative_position_index", relative_position_index(window_size), persistent=False)
         # Official init: uniform [0, 1) hyper vectors, one per prompt, (heads, head_dim) each.
         self.hyper = nn.ParameterDict(
-            {prompt_slot(key): nn.Parameter(torch.rand(num_heads, self.head_dim)) for key in prompt_keys}
+            {prompt_field(key): nn.Parameter(torch.rand(num_heads, self.head_dim)) for key in prompt_keys}
         )
         self.qkv = nn.Linear(dim, 3 * dim, bias=qkv_bias)
         self.proj = nn.Linear(dim, dim)

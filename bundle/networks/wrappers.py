@@ -10,7 +10,7 @@ import torch
 from monai.utils import look_up_option
 from torch import nn
 
-from bundle.prompts import DEFAULT_VOCABULARY, PROMPT_KEYS, PromptVocabulary
+from bundle.prompts import DEFAULT_VOCABULARY, PROMPT_KEYS, PromptVocabulary, prompt_field
 
 __all__ = ["PromptedSegmenter"]
 
@@ -48,7 +48,7 @@ class PromptedSegmenter(nn.Module):
         self.net = net
         encoded = vocabulary.encode({"position": organ, "task": task, "mode": mode, "type": object_type})
         for key in PROMPT_KEYS:
-            self.register_buffer(f"prompt_{key}", encoded[key].unsqueeze(0), persistent=False)
+            self.register_buffer(prompt_field(key), encoded[key].unsqueeze(0), persistent=False)
 
     # The wrapper's checkpoint is the wrapped network's, key for key, so MONAI's ckpt_export
     # and CheckpointLoader load a PerceptGuide checkpoint (models/model.pt) straight into it.
@@ -61,5 +61,5 @@ class PromptedSegmenter(nn.Module):
     def forward(self, image: torch.Tensor) -> torch.Tensor:
         """(B, C, H, W) -> seg logits (B, seg_classes, H, W) or cls logits (B, cls_classes)."""
         batch = image.shape[0]
-        prompts = {key: getattr(self, f"prompt_{key}").expand(batch, -1) for key in PROMPT_KEYS}
+        prompts = {key: getattr(self, prompt_field(key)).expand(batch, -1) for key in PROMPT_KEYS}
         return self.net(image, prompts)[self.output_index]

@@ -6,7 +6,7 @@ come out with exactly ``SAMPLE_KEYS``::
     image (3, S, S) float32 in [0, 1]      label (1, S, S) int64 class indices (zeros: cls sample)
     cls_label () int64 (0: seg sample)     task_id () int64 (0 segmentation, 1 classification)
     labelled () int64 (0: an unlabelled image of consistency training)
-    prompt_position / prompt_task / prompt_mode / prompt_type: float32 one-hot
+    position_prompt / task_prompt / mode_prompt / type_prompt: float32 one-hot
     dataset: str
 
 Inference samples carry ``INFERENCE_KEYS`` (no targets, no dataset). Loading, mask mapping and

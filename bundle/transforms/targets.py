@@ -7,7 +7,7 @@ from collections.abc import Hashable, Mapping
 import torch
 from monai.transforms import Transform
 
-from bundle.prompts import DEFAULT_VOCABULARY, PROMPT_NAME_KEYS, TASK_IDS, PromptVocabulary
+from bundle.prompts import DEFAULT_VOCABULARY, PROMPT_NAME_KEYS, TASK_IDS, PromptVocabulary, prompt_field
 from bundle.transforms.io import file_of
 
 SAMPLE_KEYS: tuple[str, ...] = (
@@ -15,18 +15,18 @@ SAMPLE_KEYS: tuple[str, ...] = (
     "label",
     "cls_label",
     "task_id",
-    "prompt_position",
-    "prompt_task",
-    "prompt_mode",
-    "prompt_type",
+    "position_prompt",
+    "task_prompt",
+    "mode_prompt",
+    "type_prompt",
     "labelled",
     "dataset",
 )
-INFERENCE_KEYS: tuple[str, ...] = ("image", "task_id", "prompt_position", "prompt_task", "prompt_mode", "prompt_type")
+INFERENCE_KEYS: tuple[str, ...] = ("image", "task_id", "position_prompt", "task_prompt", "mode_prompt", "type_prompt")
 
 
 class EncodePromptsd(Transform):
-    """Prompt names of a sample -> float32 one-hot ``prompt_position|task|mode|type`` and ``task_id``.
+    """Prompt names of a sample -> float32 one-hot ``position_prompt``, ``task_prompt``, ``mode_prompt``, ``type_prompt`` and ``task_id``.
 
     Names come from the sample (``organ``, ``task``, ``mode``, ``object_type``), else from
     ``defaults``; an unknown name is an error listing the allowed ones.
@@ -52,7 +52,7 @@ class EncodePromptsd(Transform):
             if name is None:
                 raise ValueError(f"sample {file_of(d.get('image'))} has no '{name_key}' prompt name and no default")
             try:
-                d[f"prompt_{prompt_key}"] = self.vocabulary.one_hot(prompt_key, str(name))
+                d[prompt_field(prompt_key)] = self.vocabulary.one_hot(prompt_key, str(name))
             except ValueError as err:
                 raise ValueError(f"sample {file_of(d.get('image'))}: {err}") from None
             if name_key == "task":

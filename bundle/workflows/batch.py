@@ -8,14 +8,9 @@ import torch
 from monai.engines.utils import PrepareBatch
 from monai.utils import convert_to_tensor
 
-from bundle.prompts import PROMPT_KEYS
+from bundle.prompts import PROMPT_KEYS, prompt_field
 
-__all__ = ["PreparePromptBatch", "prompt_batch_key"]
-
-
-def prompt_batch_key(key: str) -> str:
-    """Key of prompt ``key`` in a data batch, e.g. ``"prompt_position"``."""
-    return f"prompt_{key}"
+__all__ = ["PreparePromptBatch"]
 
 
 class PreparePromptBatch(PrepareBatch):
@@ -37,11 +32,11 @@ class PreparePromptBatch(PrepareBatch):
         def move(value: Any) -> torch.Tensor:
             return convert_to_tensor(value, track_meta=False).to(device=device, non_blocking=non_blocking, **kwargs)
 
-        missing = [prompt_batch_key(k) for k in PROMPT_KEYS if prompt_batch_key(k) not in batchdata]
+        missing = [prompt_field(k) for k in PROMPT_KEYS if prompt_field(k) not in batchdata]
         if "image" not in batchdata or missing:
             raise KeyError(f"batch lacks {(['image'] if 'image' not in batchdata else []) + missing}; got {sorted(batchdata)}")
         image = move(batchdata["image"])
-        prompts = {key: move(batchdata[prompt_batch_key(key)]).float() for key in PROMPT_KEYS}
+        prompts = {key: move(batchdata[prompt_field(key)]).float() for key in PROMPT_KEYS}
         targets: dict[str, Any] = {}
         for key in ("label", "cls_label", "task_id", "labelled"):
             if key in batchdata:
