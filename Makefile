@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test venv clean
+.PHONY: demo train-demo test venv clean
 
 venv: $(STAMP)
 
@@ -17,6 +17,9 @@ $(STAMP): pyproject.toml
 
 demo: $(STAMP)
 	$(BIN)/python scripts/demo.py
+
+train-demo: $(STAMP)
+	$(BIN)/python scripts/demo.py --train
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q tests benchmarks/tests

@@ -1,5 +1,6 @@
-"""The main job (``make demo``): pretrain on the shipped demo data with the CPU setting, evaluate
-on the held-out test split, and run inference on a few demo images.
+"""The main job (``make demo``): evaluate the shipped weights on the demo test split and run
+inference on a few demo images; ``--train`` (``make train-demo``) first trains the CPU setting
+from scratch and runs the same steps on what it trained.
 
 Each stage is the bundle's own command, ``python -m monai.bundle run``, so what this script does a
 user can do by hand; the commands are printed before they run.
@@ -17,6 +18,10 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 CPU_SETTING = "configs/cpu.yaml"
+SHIPPED = ROOT / "models" / "model.pt"
+# trained from scratch by --train, beside the shipped weights rather than over them
+TRAINED_DIR = ROOT / "models" / "demo"
+PROMPTS = {"BUSI": ("breast", "tumor"), "Fetal_HC": ("head", "organ"), "TG3K": ("thyroid", "organ")}
 
 
 def bundle_run(configs: list[str], **overrides: str) -> list[str]:
@@ -35,46 +40,59 @@ def run(title: str, command: list[str]) -> None:
     print(f"=== {title}: done in {time.monotonic() - start:.0f} s", flush=True)
 
 
+def train(epochs: str | None) -> Path:
+    """Pretrain the CPU setting on the demo data; returns its checkpoint."""
+    for stale in TRAINED_DIR.glob("checkpoint_*.pt"):  # a fresh run: not to be mistaken for this one's
+        stale.unlink()
+    overrides = {"ckpt_dir": str(TRAINED_DIR), **({"epochs": epochs} if epochs else {})}
+    run("pretrain from scratch (CPU setting, demo data)", bundle_run(["configs/pretrain.yaml", CPU_SETTING], **overrides))
+    return TRAINED_DIR / "model.pt"
+
+
+def infer_demo_images(checkpoint: Path, predictions: Path, images: int) -> None:
+    """The bare inference command on the first ``images`` test images of each demo dataset."""
+    inputs = ROOT / "predictions_input"
+    shutil.rmtree(inputs, ignore_errors=True)
+    for dataset, (organ, object_type) in PROMPTS.items():
+        folder = inputs / dataset
+        folder.mkdir(parents=True)
+        test_files = (ROOT / "data/demo/segmentation" / dataset / "test.txt").read_text().split()[:images]
+        for name in test_files:
+            shutil.copy(ROOT / "data/demo/segmentation" / dataset / "imgs" / name, folder)
+        command = bundle_run(
+            ["configs/inference.yaml"], input_dir=str(folder), output_dir=str(predictions / dataset),
+            organ=organ, object_type=object_type, ckpt_path=str(checkpoint),
+        )  # fmt: skip
+        run(f"inference on {dataset} test images", command)
+    shutil.rmtree(inputs)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--epochs", help="override the CPU setting's number of pretraining epochs")
+    parser.add_argument("--train", action="store_true", help="train the CPU setting from scratch first (make train-demo)")
+    parser.add_argument("--epochs", help="with --train: override the CPU setting's number of epochs")
     parser.add_argument("--images", type=int, default=4, help="demo images per dataset for the inference step")
     args = parser.parse_args()
 
-    models, eval_dir, predictions = ROOT / "models", ROOT / "eval", ROOT / "predictions"
-    # a fresh run: stale epoch checkpoints would otherwise be mistaken for this run's
-    for stale in models.glob("checkpoint_*.pt"):
-        stale.unlink()
-    pretrain_overrides = {"epochs": args.epochs} if args.epochs else {}
-    run("1/3 pretrain (CPU setting, demo data)", bundle_run(["configs/pretrain.yaml", CPU_SETTING], **pretrain_overrides))
-    # the checkpoint describes its network: the stages that run it take no CPU setting
-    run("2/3 evaluate on the held-out test split", bundle_run(["configs/evaluate.yaml"], eval_dir=str(eval_dir)))
-
-    inputs = ROOT / "predictions_input"
-    shutil.rmtree(inputs, ignore_errors=True)
-    inputs.mkdir()
-    prompts = {"BUSI": ("breast", "tumor"), "Fetal_HC": ("head", "organ"), "TG3K": ("thyroid", "organ")}
-    for dataset, (organ, object_type) in prompts.items():
-        folder = inputs / dataset
-        folder.mkdir()
-        test_files = (ROOT / "data/demo/segmentation" / dataset / "test.txt").read_text().split()[: args.images]
-        for name in test_files:
-            shutil.copy(ROOT / "data/demo/segmentation" / dataset / "imgs" / name, folder)
-        run(
-            f"3/3 inference on {dataset} test images",
-            bundle_run(
-                ["configs/inference.yaml"], input_dir=str(folder), output_dir=str(predictions / dataset),
-                organ=organ, object_type=object_type,
-            ),
-        )  # fmt: skip
-    shutil.rmtree(inputs)
+    if args.train:
+        checkpoint = train(args.epochs)
+    elif SHIPPED.is_file():
+        checkpoint = SHIPPED
+    else:
+        sys.exit(f"no shipped weights at {SHIPPED}: fetch them (docs/download.md) or train them with `make train-demo`")
+    eval_dir, predictions = ROOT / "eval", ROOT / "predictions"
+    # the checkpoint describes its network: the stages that run it need no CPU setting
+    run("evaluate on the held-out test split", bundle_run(["configs/evaluate.yaml"], eval_dir=str(eval_dir), ckpt_path=str(checkpoint)))
+    infer_demo_images(checkpoint, predictions, args.images)
 
     print("\nResults")
-    print(f"  trained checkpoint : {models / 'model.pt'}")
+    print(f"  checkpoint         : {checkpoint}")
     print(f"  metrics table      : {eval_dir / 'metrics.md'} (and metrics.csv)")
     print(f"  best/worst overlays: {eval_dir / 'overlays'}")
     print(f"  inference outputs  : {predictions}/<dataset>/ (masks, *_overlay.png, predictions.csv)")
-    print(f"  TensorBoard        : tensorboard --logdir {ROOT / 'runs'}\n")
+    if args.train:
+        print(f"  TensorBoard        : tensorboard --logdir {ROOT / 'runs'}")
+    print()
     print((eval_dir / "metrics.md").read_text())
 
 

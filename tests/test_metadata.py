@@ -12,8 +12,11 @@ import sys
 import tomllib
 
 import pytest
+import yaml
 from monai.bundle import verify_metadata, verify_net_in_out
 
+from bundle.hashing import file_digest
+from bundle.networks import read_checkpoint
 from bundle.prompts import DEFAULT_VOCABULARY, PROMPT_KEYS
 from tests.conftest import REPO_ROOT
 
@@ -107,3 +110,14 @@ def test_inference_network_matches_the_input_and_output_description(overrides, t
         ckpt_path=str(tiny_checkpoint),
         **overrides,
     )
+
+
+def test_shipped_weights_are_listed_with_their_sha256_and_describe_their_network():
+    entries = {entry["path"]: entry for entry in yaml.safe_load((REPO_ROOT / "large_files.yml").read_text())["large_files"]}
+    weights = REPO_ROOT / "models" / "model.pt"
+    assert entries["models/model.pt"]["hash_type"] == "sha256"
+    assert file_digest(weights) == entries["models/model.pt"]["hash_val"]
+    checkpoint = read_checkpoint(weights)
+    assert checkpoint.described and checkpoint.description.vocabulary["position"][:3] == ["ovary", "breast", "thyroid"]
+    assert weights.stat().st_size < 50 * 2**20
+    checkpoint.build()  # the weights fit the network they describe

@@ -74,9 +74,10 @@ def test_pretrain_with_the_cpu_setting_runs_its_recipe(workdir, datalist):
     iterations = resumable["trainer"]["epoch_length"]
     assert resumable["lr_scheduler"]["T_max"] == 3 * iterations  # cosine over the whole run
     weights = torch.load(ckpt_dir / "model.pt", weights_only=True)["model"]
-    prompt_biases = [v for k, v in weights.items() if ".prompt_proj." in k and k.endswith(".bias")]
+    prompt_biases = [v for k, v in weights.items() if ".blocks." in k and ".prompt_proj." in k and k.endswith(".bias")]
     assert prompt_biases and all(torch.allclose(b, torch.ones_like(b), atol=0.05) for b in prompt_biases)  # unit
     assert any(key.startswith("patch_embed.convs.") for key in weights)  # the convolution stem
+    assert any(key.startswith("conv_skips.") for key in weights)  # and the convolutional skip path
     # model.pt holds the weights at the end of training, the best-validated ones are model_best.pt
     last = resumable["model"]
     assert weights.keys() == last.keys() and all(torch.equal(weights[k], last[k]) for k in last)

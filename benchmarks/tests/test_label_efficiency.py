@@ -182,7 +182,6 @@ def test_table_gives_mean_and_spread_over_seeds_per_dataset() -> None:
 
 
 def test_plot_draws_dice_against_the_fraction_per_dataset(tmp_path: Path) -> None:
-    pytest.importorskip("matplotlib", reason="the bench extra draws the plot")
     rows = [
         {"method": method, "fraction": fraction, "seed": seed, "labelled": {"A": 1}, "dice": {"A": dice + seed / 100}}
         for method, dice in (("scratch", 0.3), ("ssl", 0.5))
