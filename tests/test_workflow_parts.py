@@ -11,7 +11,6 @@ from monai.bundle import ConfigWorkflow
 from monai.losses import DiceCELoss
 
 from bundle.flags import as_flag
-from bundle.networks import PerceptGuide
 from bundle.workflows.batch import PreparePromptBatch
 from bundle.workflows.inferers import PromptInferer
 from bundle.workflows.losses import TaskMaskedLoss
@@ -19,6 +18,7 @@ from bundle.workflows.metrics import MultiTaskMetrics, SampleRecord, summarise
 from bundle.workflows.schedules import decay_lr
 from bundle.workflows.sync import prompt_parameters
 from tests.bundle_runner import REPO_ROOT, config_files
+from tests.conftest import tiny_network
 
 
 def mixed_batch_targets() -> dict:
@@ -106,7 +106,7 @@ def test_summarise_leaves_auc_undefined_for_a_single_class():
 
 def test_prompt_inferer_falls_back_to_fp32_with_a_warning_without_native_bf16(caplog, monkeypatch):
     monkeypatch.setattr("bundle.workflows.inferers.cpu_supports_bf16", lambda: False)
-    net = PerceptGuide(embed_dim=12, encoder_depths=(1, 1, 1, 1), decoder_depths=(1, 1, 1, 1), window_size=2).eval()
+    net = tiny_network().eval()
     image = torch.rand(1, 3, 64, 64)
     prompts = {"position": torch.eye(11)[1], "task": torch.eye(2)[0], "mode": torch.eye(3)[0], "type": torch.eye(2)[0]}
     with caplog.at_level("WARNING"), torch.no_grad():
@@ -120,17 +120,17 @@ def test_prompt_inferer_falls_back_to_fp32_with_a_warning_without_native_bf16(ca
 
 
 def test_sync_freezes_everything_but_the_prompt_projections():
-    net = PerceptGuide(embed_dim=12, encoder_depths=(1, 1, 1, 1), decoder_depths=(1, 1, 1, 1), window_size=2)
+    net = tiny_network()
     trainable = prompt_parameters(net)
     names = {name for name, p in net.named_parameters() if p.requires_grad}
     assert names and all(".prompt_proj." in name for name in names)
     assert len(trainable) == len(names) == 2 * 4 * 6  # weight + bias, 4 prompts, 3 + 3 decoder blocks
     with pytest.raises(ValueError, match="prompt=False"):
-        prompt_parameters(PerceptGuide(embed_dim=12, window_size=2, prompt=False))
+        prompt_parameters(tiny_network(prompt=False))
 
 
 def test_sync_trains_the_prompt_gains_of_the_conv_skip_path():
-    net = PerceptGuide(embed_dim=12, encoder_depths=(1, 1, 1, 1), decoder_depths=(1, 1, 1, 1), window_size=2, conv_skips=4)
+    net = tiny_network(conv_skips=4)
     trainable = prompt_parameters(net)
     names = {name for name, p in net.named_parameters() if p.requires_grad}
     gains = {f"conv_skips.up.{i}.prompt_proj.{p}" for i in (0, 1) for p in ("weight", "bias")}
@@ -146,9 +146,7 @@ def test_sync_trains_the_prompt_gains_of_the_conv_skip_path():
 
 
 def test_prompt_parameters_freezes_batch_norm_statistics_in_training_mode():
-    conv_stem_net = {"embed_dim": 12, "window_size": 2, "encoder_depths": (1, 1, 1, 1),
-                     "decoder_depths": (1, 1, 1, 1), "patch_embed": "conv"}  # fmt: skip
-    net = PerceptGuide(**conv_stem_net)
+    net = tiny_network(patch_embed="conv")
     before = {key: value.clone() for key, value in net.state_dict().items()}
     prompt_parameters(net)
     net.train()  # what the trainer does every iteration
@@ -158,7 +156,7 @@ def test_prompt_parameters_freezes_batch_norm_statistics_in_training_mode():
     batch_norm = [key for key in before if ".adn.N." in key]
     assert batch_norm and all(torch.equal(before[key], net.state_dict()[key]) for key in batch_norm)
     # without the freeze the same forward moves the statistics
-    free = PerceptGuide(**conv_stem_net).train()
+    free = tiny_network(patch_embed="conv").train()
     start = {key: value.clone() for key, value in free.state_dict().items() if key in batch_norm}
     free(torch.rand(2, 3, 64, 64), prompts)
     assert not all(torch.equal(start[key], free.state_dict()[key]) for key in batch_norm)
