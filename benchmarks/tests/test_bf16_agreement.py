@@ -6,12 +6,12 @@ import math
 
 import pytest
 import torch
-from monai.bundle import ConfigParser
 
 from benchmarks import bf16_agreement
 from bundle.workflows.inferers import cpu_supports_bf16
 from bundle.prompts import CLASSIFICATION, SEGMENTATION
-from tests.bundle_runner import REPO_ROOT, TINY_MODEL
+from tests.bundle_runner import REPO_ROOT
+from tests.conftest import write_checkpoint
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -47,13 +47,8 @@ def test_agreement_counts_equal_mask_pixels_and_the_largest_probability_change()
 
 @pytest.mark.skipif(not cpu_supports_bf16(), reason="this CPU lacks native bf16, so the script refuses to run")
 def test_script_compares_a_checkpoint_on_the_demo_test_split(tmp_path, capsys):
-    configs = [str(REPO_ROOT / "configs" / "evaluate.yaml"), str(TINY_MODEL)]
-    parser = ConfigParser()
-    parser.read_config(ConfigParser.load_config_files(configs))
-    parser.update({"bundle_root": str(REPO_ROOT)})
-    torch.manual_seed(0)
-    checkpoint = tmp_path / "model.pt"
-    torch.save(parser.get_parsed_content("network_def").state_dict(), checkpoint)
+    configs = [str(REPO_ROOT / "configs" / "evaluate.yaml")]
+    checkpoint = write_checkpoint(tmp_path / "model.pt")  # evaluate.yaml builds the network it describes
     table = bf16_agreement.main(["--config_file", repr(configs), "--ckpt_path", str(checkpoint), "--threads", "1"])
     assert set(table) == {"BUSI", "Fetal_HC", "TG3K", "all"}
     for dataset in ("Fetal_HC", "TG3K", "all"):
