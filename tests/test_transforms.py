@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 from monai.data import DataLoader, Dataset, decollate_batch
-from monai.transforms import CenterSpatialCropd, Flipd, Invertd, Rotated, Zoomd
+from monai.transforms import CenterSpatialCropd, Compose, Flipd, Invertd, Rotated, Zoomd
 from PIL import Image
 
 from bundle.data import load_registry, m2us_samples
@@ -16,12 +16,14 @@ from bundle.transforms import (
     GEOMETRIES,
     INFERENCE_KEYS,
     SAMPLE_KEYS,
+    RandLetterboxInterpolated,
     RandOfficialCascaded,
     RandPromptModed,
     ShortSideInterpolated,
     ShortSideResized,
     inference_transforms,
     load_transforms,
+    resize_to_square,
     train_transforms,
     val_transforms,
 )
@@ -215,6 +217,45 @@ def test_training_resize_matches_the_invertible_one(registry, samples, dataset):
     assert fast["label"].dtype == source["label"].dtype
     assert torch.equal(torch.as_tensor(fast["label"]), torch.as_tensor(traced["label"]).to(fast["label"].dtype))
     assert float((fast["image"] - torch.as_tensor(traced["image"])).abs().mean()) < 0.02
+
+
+@pytest.mark.parametrize("dataset", ["BUSI", "Fetal_HC"])
+def test_training_letterbox_matches_the_inference_letterbox(registry, samples, dataset):
+    """Drawn, the training letterbox gives inference's geometry: its labels exactly, nearly its image."""
+    source = samples[("segmentation", dataset)]
+    for transform in load_transforms(registry):
+        source = transform(source)
+    keys = ("image", "label")
+    plain = {key: torch.as_tensor(source[key]).as_subclass(torch.Tensor) for key in keys}
+    fast = RandLetterboxInterpolated(keys, SIZE, prob=1.0)(plain)
+    traced = Compose(resize_to_square(keys, SIZE, "letterbox"))(source)
+    assert fast["image"].shape == fast["label"].shape == (1, SIZE, SIZE)
+    assert torch.equal(fast["label"], torch.as_tensor(traced["label"]).to(fast["label"].dtype))
+    assert float((fast["image"] - torch.as_tensor(traced["image"])).abs().mean()) < 0.02
+
+
+def test_training_letterbox_is_drawn_at_its_probability(registry, samples):
+    """prob 0 is the shorter-side resize alone; prob 0.5 letterboxes about half of the draws."""
+    keys = ("image", "label")
+    source = samples[("segmentation", "Fetal_HC")]  # wider than high: the two geometries differ
+    for transform in load_transforms(registry):
+        source = transform(source)
+    plain = {key: torch.as_tensor(source[key]).as_subclass(torch.Tensor) for key in keys}
+    never = RandLetterboxInterpolated(keys, SIZE, prob=0.0)(plain)
+    assert torch.equal(never["image"], ShortSideInterpolated(keys, SIZE)(plain)["image"])
+    half = RandLetterboxInterpolated(keys, SIZE, prob=0.5)
+    half.set_random_state(seed=0)
+    letterboxed = sum(half(plain)["image"].shape[-1] == SIZE for _ in range(200))
+    assert 70 <= letterboxed <= 130
+    with pytest.raises(ValueError, match="letterbox probability must be in"):
+        RandLetterboxInterpolated(keys, SIZE, prob=1.5)
+
+
+def test_letterbox_prob_reaches_the_training_chain(registry):
+    """0 keeps the official chain's resize; a share puts the letterbox draw in its place."""
+    kinds = {prob: [type(t) for t in train_transforms(SIZE, registry, letterbox_prob=prob).transforms] for prob in (0, 0.5)}
+    assert ShortSideInterpolated in kinds[0] and RandLetterboxInterpolated not in kinds[0]
+    assert RandLetterboxInterpolated in kinds[0.5] and ShortSideInterpolated not in kinds[0.5]
 
 
 def _resized_sample(registry, source: dict) -> dict:

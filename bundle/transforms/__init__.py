@@ -11,6 +11,7 @@ from bundle.transforms.builders import inference_transforms, load_transforms, tr
 from bundle.transforms.cascade import CASCADE_BRANCHES, RandOfficialCascaded
 from bundle.transforms.geometry import (
     GEOMETRIES,
+    RandLetterboxInterpolated,
     ShortSideInterpolated,
     ShortSideResize,
     ShortSideResized,
@@ -42,6 +43,7 @@ __all__ = [
     "LoadUltrasoundd",
     "MaskToIndicesd",
     "PromptModed",
+    "RandLetterboxInterpolated",
     "RandOfficialCascaded",
     "RandPromptModed",
     "ShortSideInterpolated",

@@ -24,7 +24,7 @@ from bundle.data.registry import DatasetRegistry, as_registry
 from bundle.flags import as_flag, as_mapping
 from bundle.prompts import DEFAULT_VOCABULARY, PromptVocabulary
 from bundle.transforms.cascade import RandOfficialCascaded
-from bundle.transforms.geometry import ShortSideInterpolated, resize_to_square
+from bundle.transforms.geometry import RandLetterboxInterpolated, ShortSideInterpolated, resize_to_square
 from bundle.transforms.intensity import gain_contrast_augmentation
 from bundle.transforms.io import LoadUltrasoundd, channels_to_rgb
 from bundle.transforms.masks import MaskToIndicesd
@@ -45,6 +45,7 @@ def train_transforms(
     mode_probabilities: Mapping[str, Mapping[str, float]] | None = None,
     gain_contrast: bool | str = False,
     augmentation: Mapping[str, object] | None = None,
+    letterbox_prob: float = 0.0,
 ) -> Compose:
     """Training chain (official recipe).
 
@@ -82,7 +83,9 @@ def train_transforms(
         + [
             EnsureTyped(("image", "label", "mask"), track_meta=False, allow_missing_keys=True),
             RandPromptModed(mode_probabilities),
-            ShortSideInterpolated(SPATIAL_KEYS, image_size),
+            RandLetterboxInterpolated(SPATIAL_KEYS, image_size, float(letterbox_prob))
+            if float(letterbox_prob) > 0
+            else ShortSideInterpolated(SPATIAL_KEYS, image_size),
             RandOfficialCascaded(SPATIAL_KEYS, image_size, **(augmentation or {})),
         ]
         + intensity

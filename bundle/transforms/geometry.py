@@ -11,6 +11,7 @@ from monai.data import MetaTensor
 from monai.transforms import (
     CenterSpatialCropd,
     MapTransform,
+    RandomizableTransform,
     Resize,
     Resized,
     SpatialPadd,
@@ -109,6 +110,55 @@ class ShortSideInterpolated(MapTransform):
             else:
                 resized = F.interpolate(array[None].float(), size, mode=LABEL_MODE)
             out[key] = resized[0].to(array.dtype)
+        return out
+
+
+def letterbox_size(shape: Sequence[int], side: int) -> tuple[int, ...]:
+    """Spatial size with the longer side ``side`` and the aspect ratio kept, rounded as MONAI's ``Resized``."""
+    scale = side / max(shape)
+    return tuple(max(1, int(round(s * scale))) for s in shape)
+
+
+class RandLetterboxInterpolated(RandomizableTransform, MapTransform):
+    """Training-only geometry: with probability ``prob`` the inference letterbox, else ``ShortSideInterpolated``.
+
+    Inference letterboxes every image (longer side to S, zero padding to S × S), so a wide image
+    such as an 800 × 540 fetal-head scan reaches the network at ~2/3 of the scale that training's
+    shorter-side resize and centre crop give it. Drawing the letterbox for a share of the training
+    samples shows the network the scale and padding it meets in use. The letterboxed sample is
+    (C, S, S), which the crop of ``RandOfficialCascaded`` that follows leaves whole.
+
+    Args:
+        keys: image key first (bilinear, anti-aliased), then label keys (nearest-exact); missing
+            keys are skipped.
+        spatial_size: the side S.
+        prob: probability of the letterbox for a sample.
+    """
+
+    def __init__(self, keys: KeysCollection, spatial_size: int, prob: float) -> None:
+        if not 0.0 <= prob <= 1.0:
+            raise ValueError(f"the letterbox probability must be in [0, 1], got {prob}")
+        RandomizableTransform.__init__(self, prob=prob)
+        MapTransform.__init__(self, keys, allow_missing_keys=True)
+        self.spatial_size = spatial_size
+        self.short_side = ShortSideInterpolated(keys, spatial_size)
+
+    def __call__(self, data: Mapping[Hashable, torch.Tensor]) -> dict[Hashable, torch.Tensor]:
+        self.randomize(None)
+        if not self._do_transform:
+            return self.short_side(data)
+        out = dict(data)
+        for key in self.key_iterator(out):
+            array = torch.as_tensor(out[key])
+            size = letterbox_size(array.shape[1:], self.spatial_size)
+            if key == self.keys[0]:
+                resized = F.interpolate(array[None].float(), size, mode=IMAGE_MODE, align_corners=False, antialias=True)
+            else:
+                resized = F.interpolate(array[None].float(), size, mode=LABEL_MODE)
+            # MONAI's SpatialPad puts the smaller half of the padding first, as inference does
+            rows, columns = self.spatial_size - size[0], self.spatial_size - size[1]
+            padded = F.pad(resized, (columns // 2, columns - columns // 2, rows // 2, rows - rows // 2))
+            out[key] = padded[0].to(array.dtype)
         return out
 
 
