@@ -1,0 +1,103 @@
+"""Dice of the bare inference command on a labelled split, scored at each image's original size.
+
+The evaluation the issues quote on images no one here has seen runs ``configs/inference.yaml``
+(letterbox geometry, masks written at the source size) and compares the written masks with the
+ground truth. ``configs/evaluate.yaml`` scores at the network's input size after a centre crop,
+which is another figure; this tool reproduces the first on a split of the demo registry, one
+bare inference command per segmentation dataset, so that a recipe is chosen by what users get.
+
+    python -m benchmarks.inference_dice --ckpt_path models/model.pt [--split test] [--json r.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from monai.metrics import compute_dice
+
+from bundle.data import load_registry, load_samples
+from bundle.transforms.io import LoadImage2D
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def dice(prediction: np.ndarray, truth: np.ndarray) -> float:
+    """Dice of two boolean (H, W) masks of one size (MONAI's ``compute_dice``)."""
+    if prediction.shape != truth.shape:
+        raise ValueError(f"prediction {prediction.shape} and ground truth {truth.shape} differ in size")
+    as_batch = lambda mask: torch.as_tensor(mask, dtype=torch.float32)[None, None]  # noqa: E731
+    return float(compute_dice(as_batch(prediction), as_batch(truth), include_background=True))
+
+
+def inference_command(input_dir: Path, output_dir: Path, organ: str, object_type: str, ckpt_path: Path) -> list[str]:
+    """The bare inference command of the issues, on one folder of images."""
+    return [
+        sys.executable, "-m", "monai.bundle", "run", "--config_file", "configs/inference.yaml",
+        "--input_dir", str(input_dir), "--output_dir", str(output_dir),
+        "--organ", organ, "--object_type", object_type, "--ckpt_path", str(ckpt_path),
+    ]  # fmt: skip
+
+
+def score_split(ckpt_path: Path, dataset_dir: Path, split: str, work_dir: Path) -> dict[str, dict[str, float]]:
+    """Mean Dice per image (empty ground truth excluded) per segmentation dataset of ``split``.
+
+    Returns:
+        {dataset: {"dice": mean, "images": n, "seconds": inference wall time}}.
+    """
+    registry = load_registry(dataset_dir / "datasets.yaml")
+    samples = [s for s in load_samples(registry, split) if s["task"] == "segmentation"]
+    load = LoadImage2D()
+    results: dict[str, dict[str, float]] = {}
+    for dataset in sorted({s["dataset"] for s in samples}):
+        members = [s for s in samples if s["dataset"] == dataset]
+        inputs, outputs = work_dir / "inputs" / dataset, work_dir / "outputs" / dataset
+        shutil.rmtree(inputs, ignore_errors=True)
+        inputs.mkdir(parents=True)
+        for sample in members:
+            shutil.copy(sample["image"], inputs)
+        command = inference_command(inputs, outputs, members[0]["organ"], members[0]["object_type"], ckpt_path)
+        start = time.monotonic()
+        finished = subprocess.run(command, cwd=ROOT, capture_output=True, text=True)
+        if finished.returncode:
+            raise RuntimeError(f"inference on {dataset} failed:\n{finished.stdout[-3000:]}{finished.stderr[-3000:]}")
+        seconds = time.monotonic() - start
+        scores = []
+        for sample in members:
+            truth = np.asarray(load(sample["label"]))[0] > 0
+            if not truth.any():
+                continue
+            predicted = np.asarray(load(outputs / f"{Path(sample['image']).stem}.png"))[0] > 0
+            scores.append(dice(predicted, truth))
+        results[dataset] = {"dice": float(np.mean(scores)), "images": len(scores), "seconds": round(seconds, 1)}
+    return results
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--ckpt_path", type=Path, default=ROOT / "models" / "model.pt")
+    parser.add_argument("--dataset_dir", type=Path, default=ROOT / "data" / "demo")
+    parser.add_argument("--split", default="test")
+    parser.add_argument("--work_dir", type=Path, help="keep the inputs and written masks here (default: a temporary folder)")
+    parser.add_argument("--json", type=Path, help="write the results here")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as temporary:
+        work_dir = args.work_dir or Path(temporary)
+        results = score_split(args.ckpt_path.resolve(), args.dataset_dir.resolve(), args.split, work_dir.resolve())
+    print(f"| dataset | images | mean Dice per image (original size) | inference s |\n|---|---|---|---|")
+    for dataset, row in results.items():
+        print(f"| {dataset} | {row['images']} | {row['dice']:.3f} | {row['seconds']} |")
+    if args.json:
+        args.json.write_text(json.dumps({"ckpt_path": str(args.ckpt_path), "split": args.split, "results": results}, indent=2))
+
+
+if __name__ == "__main__":
+    main()
