@@ -12,6 +12,7 @@ from monai.losses import DiceCELoss
 
 from bundle.flags import as_flag
 from bundle.workflows.batch import PreparePromptBatch
+from bundle.workflows.inference import mask_postprocessing
 from bundle.workflows.inferers import PromptInferer
 from bundle.workflows.losses import TaskMaskedLoss
 from bundle.workflows.metrics import MultiTaskMetrics, SampleRecord, summarise
@@ -242,3 +243,18 @@ def test_command_line_switches_read_as_booleans(value, expected):
 def test_a_switch_that_is_neither_true_nor_false_is_refused_by_name():
     with pytest.raises(ValueError, match="gain_contrast must be true or false, got 'maybe'"):
         as_flag("maybe", "gain_contrast")
+
+
+def test_mask_postprocessing_keeps_each_class_largest_component_with_holes_filled():
+    mask = torch.zeros(1, 12, 12, dtype=torch.uint8)
+    mask[0, 1:7, 1:7] = 1  # a ring of class 1 with a hole at (3:5, 3:5)
+    mask[0, 3:5, 3:5] = 0
+    mask[0, 10, 10] = 1  # a speck of class 1
+    mask[0, 8:11, 1:3] = 2  # class 2, kept whatever class 1 does
+    expected = torch.zeros_like(mask)
+    expected[0, 1:7, 1:7] = 1
+    expected[0, 8:11, 1:3] = 2
+    assert torch.equal(torch.as_tensor(mask_postprocessing(True, True)(mask.clone())), expected)
+    only_largest = torch.as_tensor(mask_postprocessing("true", "false")(mask.clone()))
+    assert only_largest[0, 10, 10] == 0 and only_largest[0, 3, 3] == 0
+    assert mask_postprocessing(False, "false") is None

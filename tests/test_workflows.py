@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import skimage.measure
 import torch
 from PIL import Image
 
@@ -160,6 +161,7 @@ def test_inference_writes_original_size_masks_overlays_and_skips_unreadable_imag
         mask = np.array(Image.open(output_dir / source.name))
         assert mask.shape == np.array(Image.open(source)).shape[:2]
         assert set(np.unique(mask)) <= {0, 255}
+        assert skimage.measure.label(mask > 0, connectivity=2).max() <= 1  # inference.yaml keeps the largest object
         assert (output_dir / f"{source.stem}_overlay.png").is_file()
     rows = list(csv.DictReader(open(output_dir / "predictions.csv")))
     assert [row["file"] for row in rows] == sorted(s.name for s in sources)
