@@ -204,12 +204,17 @@ def test_gain_contrast_option_changes_image_brightness_but_not_labels(registry, 
     assert min(means) < 0.95 and max(means) > 1.05
 
 
+def _loaded_sample(registry, source: dict) -> dict:
+    """A real sample through the deterministic head of the labelled chains (MetaTensors)."""
+    for transform in load_transforms(registry):
+        source = transform(source)
+    return source
+
+
 @pytest.mark.parametrize("dataset", ["BUSI", "TG3K"])
 def test_training_resize_matches_the_invertible_one(registry, samples, dataset):
     """The training chain's torch resize gives MONAI's shapes and labels, and nearly its image."""
-    source = samples[("segmentation", dataset)]
-    for transform in load_transforms(registry):
-        source = transform(source)
+    source = _loaded_sample(registry, samples[("segmentation", dataset)])
     keys = ("image", "label")
     fast, traced = ShortSideInterpolated(keys, SIZE)(source), ShortSideResized(keys, SIZE)(source)
     assert min(fast["image"].shape[1:]) == SIZE
@@ -222,9 +227,7 @@ def test_training_resize_matches_the_invertible_one(registry, samples, dataset):
 @pytest.mark.parametrize("dataset", ["BUSI", "Fetal_HC"])
 def test_training_letterbox_matches_the_inference_letterbox(registry, samples, dataset):
     """Drawn, the training letterbox gives inference's geometry: its labels exactly, nearly its image."""
-    source = samples[("segmentation", dataset)]
-    for transform in load_transforms(registry):
-        source = transform(source)
+    source = _loaded_sample(registry, samples[("segmentation", dataset)])
     keys = ("image", "label")
     plain = {key: torch.as_tensor(source[key]).as_subclass(torch.Tensor) for key in keys}
     fast = RandLetterboxInterpolated(keys, SIZE, prob=1.0)(plain)
@@ -237,10 +240,7 @@ def test_training_letterbox_matches_the_inference_letterbox(registry, samples, d
 def test_training_letterbox_is_drawn_at_its_probability(registry, samples):
     """prob 0 is the shorter-side resize alone; prob 0.5 letterboxes about half of the draws."""
     keys = ("image", "label")
-    source = samples[("segmentation", "Fetal_HC")]  # wider than high: the two geometries differ
-    for transform in load_transforms(registry):
-        source = transform(source)
-    plain = {key: torch.as_tensor(source[key]).as_subclass(torch.Tensor) for key in keys}
+    plain = _resized_sample(registry, samples[("segmentation", "Fetal_HC")], resize=False)  # wider than high
     never = RandLetterboxInterpolated(keys, SIZE, prob=0.0)(plain)
     assert torch.equal(never["image"], ShortSideInterpolated(keys, SIZE)(plain)["image"])
     half = RandLetterboxInterpolated(keys, SIZE, prob=0.5)
@@ -258,12 +258,11 @@ def test_letterbox_prob_reaches_the_training_chain(registry):
     assert RandLetterboxInterpolated in kinds[0.5] and ShortSideInterpolated not in kinds[0.5]
 
 
-def _resized_sample(registry, source: dict) -> dict:
-    """A real sample loaded, as plain tensors, shorter side SIZE (the cascade's input)."""
-    for transform in load_transforms(registry):
-        source = transform(source)
+def _resized_sample(registry, source: dict, resize: bool = True) -> dict:
+    """A real sample loaded, as plain tensors, shorter side SIZE (the cascade's input) unless not ``resize``."""
+    source = _loaded_sample(registry, source)
     plain = {key: torch.as_tensor(source[key]).as_subclass(torch.Tensor) for key in ("image", "label")}
-    return ShortSideInterpolated(("image", "label"), SIZE)(plain)
+    return ShortSideInterpolated(("image", "label"), SIZE)(plain) if resize else plain
 
 
 CASCADE_REFERENCES = [  # (branch, amount, MONAI transform it replaces, least label Dice)

@@ -80,6 +80,13 @@ class ShortSideResized(Resized):
         self.resizer = ShortSideResize(spatial_size=spatial_size)
 
 
+def interpolate(array: torch.Tensor, size: Sequence[int], image: bool) -> torch.Tensor:
+    """(C, H, W) -> (1, C, *size) float: an image bilinear with anti-aliasing, a label nearest-exact."""
+    if image:
+        return F.interpolate(array[None].float(), size, mode=IMAGE_MODE, align_corners=False, antialias=True)
+    return F.interpolate(array[None].float(), size, mode=LABEL_MODE)
+
+
 class ShortSideInterpolated(MapTransform):
     """Training-only ``ShortSideResized``: torch's anti-aliased interpolation, no trace kept.
 
@@ -105,11 +112,7 @@ class ShortSideInterpolated(MapTransform):
         for key in self.key_iterator(out):
             array = torch.as_tensor(out[key])
             size = short_side_size(array.shape[1:], self.spatial_size)
-            if key == self.keys[0]:
-                resized = F.interpolate(array[None].float(), size, mode=IMAGE_MODE, align_corners=False, antialias=True)
-            else:
-                resized = F.interpolate(array[None].float(), size, mode=LABEL_MODE)
-            out[key] = resized[0].to(array.dtype)
+            out[key] = interpolate(array, size, image=key == self.keys[0])[0].to(array.dtype)
         return out
 
 
@@ -151,10 +154,7 @@ class RandLetterboxInterpolated(RandomizableTransform, MapTransform):
         for key in self.key_iterator(out):
             array = torch.as_tensor(out[key])
             size = letterbox_size(array.shape[1:], self.spatial_size)
-            if key == self.keys[0]:
-                resized = F.interpolate(array[None].float(), size, mode=IMAGE_MODE, align_corners=False, antialias=True)
-            else:
-                resized = F.interpolate(array[None].float(), size, mode=LABEL_MODE)
+            resized = interpolate(array, size, image=key == self.keys[0])
             # MONAI's SpatialPad puts the smaller half of the padding first, as inference does
             rows, columns = self.spatial_size - size[0], self.spatial_size - size[1]
             padded = F.pad(resized, (columns // 2, columns - columns // 2, rows // 2, rows - rows // 2))
