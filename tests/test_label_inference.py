@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import skimage.measure
 from PIL import Image
 
 from apps.monailabel.lib.inference import BundleInference, RequestError
@@ -55,6 +56,20 @@ def test_predict_writes_a_mask_of_the_image_size_and_probabilities_by_the_checkp
     assert prediction.foreground_pixels == int((mask > 0).sum())
     assert list(prediction.probabilities) == CLASS_NAMES
     assert prediction.prompts == {"organ": "head", "object_type": "organ", "mode": "whole"}
+
+
+def test_served_masks_are_cleaned_up_as_inference_yaml_says_unless_the_app_switches_it_off(inference, tmp_path):
+    """Default: one component, no holes; switched off: the raw argmax of the same untrained network."""
+    components = lambda prediction: skimage.measure.label(np.asarray(Image.open(prediction.mask)) > 0).max()  # noqa: E731
+    cleaned = inference.predict(IMAGE, {}, tmp_path / "cleaned")
+    raw_server = BundleInference(
+        REPO_ROOT, inference.model_path, device="cpu", defaults={"organ": "head", "object_type": "organ"},
+        postprocessing={"keep_largest_component": "false", "fill_holes": "false"},
+    )  # fmt: skip
+    raw = raw_server.predict(IMAGE, {}, tmp_path / "raw")
+    assert components(cleaned) == 1 < components(raw)
+    with pytest.raises(ValueError, match="unknown post-processing switches"):
+        BundleInference(REPO_ROOT, inference.model_path, device="cpu", postprocessing={"smooth": "true"})
 
 
 def test_request_prompts_override_the_defaults_and_change_the_output(inference, tmp_path):

@@ -9,6 +9,8 @@ options, given as ``--conf KEY VALUE`` (all optional):
 - ``organ``, ``object_type``, ``mode``: default prompt names (else those of
   ``configs/inference.yaml``).
 - ``device``: e.g. ``cpu`` or ``cuda:0`` (default: the configs' choice).
+- ``keep_largest_component``, ``fill_holes``: ``true`` / ``false``, the clean-up of served masks
+  (default: that of ``configs/inference.yaml``, both on).
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from fastapi import HTTPException
-from lib.inference import PROMPT_NAMES, BundleInference
+from lib.inference import POSTPROCESSING_KEYS, PROMPT_NAMES, BundleInference
 from lib.infers import PerceptGuideInfer
 from lib.trainers import PerceptGuideTrain
 from lib.training import LabelFineTuner
@@ -45,7 +47,11 @@ class PerceptGuideApp(MONAILabelApp):
             )
         device = conf.get("device") or None
         self.inference = BundleInference(
-            bundle_root, model_path, device=device, defaults={name: conf.get(name, "") for name in PROMPT_NAMES}
+            bundle_root,
+            model_path,
+            device=device,
+            defaults={name: conf.get(name, "") for name in PROMPT_NAMES},
+            postprocessing={key: conf[key] for key in POSTPROCESSING_KEYS if key in conf},
         )
         self.tuner = LabelFineTuner(bundle_root, model_path, device=device)
         super().__init__(

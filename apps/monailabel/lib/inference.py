@@ -33,12 +33,14 @@ from bundle.networks import BundleCheckpoint, read_checkpoint
 from bundle.prompts import PROMPT_NAME_KEYS, PromptVocabulary
 from bundle.transforms import LoadImage2D
 
-__all__ = ["PROMPT_NAMES", "BundleInference", "Prediction", "RequestError"]
+__all__ = ["POSTPROCESSING_KEYS", "PROMPT_NAMES", "BundleInference", "Prediction", "RequestError"]
 
 logger = logging.getLogger(__name__)
 
 # the prompt names a request may give (keys of bundle.prompts.PROMPT_NAME_KEYS); the task is segmentation
 PROMPT_NAMES: tuple[str, ...] = ("organ", "object_type", "mode")
+# inference.yaml's switches of the mask clean-up, which an app may set (true / false)
+POSTPROCESSING_KEYS: tuple[str, ...] = ("keep_largest_component", "fill_holes")
 
 
 class RequestError(ValueError):
@@ -93,6 +95,8 @@ class BundleInference:
         device: e.g. ``"cpu"`` or ``"cuda:0"``; None keeps the config's choice.
         defaults: prompt names used when a request gives none (request name -> prompt name);
             names not given here come from the config's ``organ`` / ``object_type`` / ``mode``.
+        postprocessing: values of the config's mask clean-up switches (``POSTPROCESSING_KEYS``,
+            ``"true"`` / ``"false"``); those not given keep the config's.
 
     Raises:
         FileNotFoundError: no checkpoint at ``model_path``.
@@ -106,11 +110,16 @@ class BundleInference:
         model_path: str | Path,
         device: str | None = None,
         defaults: Mapping[str, str] | None = None,
+        postprocessing: Mapping[str, str] | None = None,
     ) -> None:
         self.model_path = Path(model_path)
+        unknown = set(postprocessing or {}) - set(POSTPROCESSING_KEYS)
+        if unknown:
+            raise ValueError(f"unknown post-processing switches {sorted(unknown)}, expected some of {list(POSTPROCESSING_KEYS)}")
         parser = ConfigParser()
         parser.read_config(str(Path(bundle_root) / "configs" / "inference.yaml"))
         parser.update({"bundle_root": str(bundle_root), "ckpt_path": str(self.model_path), "num_workers": 0})
+        parser.update(dict(postprocessing or {}))
         if device:
             parser["device"] = f"$torch.device('{device}')"
         self._config = parser.get()
