@@ -317,7 +317,7 @@ def test_server_mask_equals_the_bare_bundle_inference_command(server, setup, tmp
         "--config_file", str(REPO_ROOT / "configs" / "inference.yaml"),
         "--bundle_root", str(REPO_ROOT), "--input_dir", str(inputs), "--output_dir", str(tmp_path / "out"),
         "--ckpt_path", str(setup["model"]), "--organ", PROMPTS["organ"], "--object_type", PROMPTS["object_type"],
-        "--device", "$torch.device('cpu')",
+        "--device", "$torch.device('cpu')", "--keep_largest_component", "false", "--fill_holes", "false",
     ]  # fmt: skip
     run = subprocess.run(command, capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stderr[-4000:]
