@@ -6,7 +6,10 @@ ground truth. ``configs/evaluate.yaml`` scores at the network's input size after
 which is another figure; this tool reproduces the first on a split of the demo registry, one
 bare inference command per segmentation dataset, so that a recipe is chosen by what users get.
 
-    python -m benchmarks.inference_dice --ckpt_path models/model.pt [--split test] [--json r.json]
+    python -m benchmarks.inference_dice --ckpt_path models/model.pt [--split test] [--json r.json] \
+        [--keep_largest_component false ...]
+
+Options it does not know (``--key value``) go to every inference command unchanged.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -38,17 +42,23 @@ def dice(prediction: np.ndarray, truth: np.ndarray) -> float:
     return float(compute_dice(as_batch(prediction), as_batch(truth), include_background=True))
 
 
-def inference_command(input_dir: Path, output_dir: Path, organ: str, object_type: str, ckpt_path: Path) -> list[str]:
-    """The bare inference command of the issues, on one folder of images."""
+def inference_command(
+    input_dir: Path, output_dir: Path, organ: str, object_type: str, ckpt_path: Path, extra: Sequence[str] = ()
+) -> list[str]:
+    """The bare inference command of the issues on one folder of images, then ``extra`` arguments."""
     return [
         sys.executable, "-m", "monai.bundle", "run", "--config_file", "configs/inference.yaml",
         "--input_dir", str(input_dir), "--output_dir", str(output_dir),
-        "--organ", organ, "--object_type", object_type, "--ckpt_path", str(ckpt_path),
+        "--organ", organ, "--object_type", object_type, "--ckpt_path", str(ckpt_path), *extra,
     ]  # fmt: skip
 
 
-def score_split(ckpt_path: Path, dataset_dir: Path, split: str, work_dir: Path) -> dict[str, dict[str, float]]:
+def score_split(
+    ckpt_path: Path, dataset_dir: Path, split: str, work_dir: Path, extra: Sequence[str] = ()
+) -> dict[str, dict[str, float]]:
     """Mean Dice per image (empty ground truth excluded) per segmentation dataset of ``split``.
+
+    ``extra``: further arguments of every inference command (``["--fill_holes", "false"]``).
 
     Returns:
         {dataset: {"dice": mean, "images": n, "seconds": inference wall time}}.
@@ -64,7 +74,7 @@ def score_split(ckpt_path: Path, dataset_dir: Path, split: str, work_dir: Path) 
         inputs.mkdir(parents=True)
         for sample in members:
             shutil.copy(sample["image"], inputs)
-        command = inference_command(inputs, outputs, members[0]["organ"], members[0]["object_type"], ckpt_path)
+        command = inference_command(inputs, outputs, members[0]["organ"], members[0]["object_type"], ckpt_path, extra)
         start = time.monotonic()
         finished = subprocess.run(command, cwd=ROOT, capture_output=True, text=True)
         if finished.returncode:
@@ -88,15 +98,16 @@ def main() -> None:
     parser.add_argument("--split", default="test")
     parser.add_argument("--work_dir", type=Path, help="keep the inputs and written masks here (default: a temporary folder)")
     parser.add_argument("--json", type=Path, help="write the results here")
-    args = parser.parse_args()
+    args, extra = parser.parse_known_args()
     with tempfile.TemporaryDirectory() as temporary:
         work_dir = args.work_dir or Path(temporary)
-        results = score_split(args.ckpt_path.resolve(), args.dataset_dir.resolve(), args.split, work_dir.resolve())
+        results = score_split(args.ckpt_path.resolve(), args.dataset_dir.resolve(), args.split, work_dir.resolve(), extra)
     print(f"| dataset | images | mean Dice per image (original size) | inference s |\n|---|---|---|---|")
     for dataset, row in results.items():
         print(f"| {dataset} | {row['images']} | {row['dice']:.3f} | {row['seconds']} |")
     if args.json:
-        args.json.write_text(json.dumps({"ckpt_path": str(args.ckpt_path), "split": args.split, "results": results}, indent=2))
+        record = {"ckpt_path": str(args.ckpt_path), "split": args.split, "inference_args": extra, "results": results}
+        args.json.write_text(json.dumps(record, indent=2))
 
 
 if __name__ == "__main__":

@@ -35,3 +35,11 @@ def test_a_checkpoint_is_scored_per_dataset_through_the_inference_command(tmp_pa
         assert 0.0 <= row["dice"] <= 1.0
         written = sorted(p.name for p in (tmp_path / "work" / "outputs" / dataset).glob("*.png") if "_overlay" not in p.name)
         assert len(written) == row["images"]
+
+
+def test_unknown_options_reach_the_inference_command_unchanged(tmp_path):
+    command = inference_dice.inference_command(
+        tmp_path / "in", tmp_path / "out", "thyroid", "organ", tmp_path / "m.pt", ["--fill_holes", "false"]
+    )
+    assert command[command.index("--config_file") + 1] == "configs/inference.yaml"
+    assert command[command.index("--organ") + 1] == "thyroid" and command[-2:] == ["--fill_holes", "false"]
