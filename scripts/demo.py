@@ -1,6 +1,6 @@
 """The main job (``make demo``): evaluate the shipped weights on the demo test split and run
-inference on a few demo images; ``--train`` (``make train-demo``) first trains the CPU setting
-from scratch and runs the same steps on what it trained.
+inference on a few demo images; ``--train`` (``make train-demo``) first trains the shipped
+weights' recipe from scratch and runs the same steps on what it trained.
 
 Each stage is the bundle's own command, ``python -m monai.bundle run``, so what this script does a
 user can do by hand; the commands are printed before they run.
@@ -17,7 +17,8 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-CPU_SETTING = "configs/cpu.yaml"
+# the recipe of models/model.pt: the CPU setting and the shipped weights' overrides on pretraining
+SHIPPED_RECIPE = ["configs/pretrain.yaml", "configs/cpu.yaml", "configs/shipped.yaml"]
 SHIPPED = ROOT / "models" / "model.pt"
 # trained from scratch by --train, beside the shipped weights rather than over them
 TRAINED_DIR = ROOT / "models" / "demo"
@@ -41,11 +42,11 @@ def run(title: str, command: list[str]) -> None:
 
 
 def train(epochs: str | None) -> Path:
-    """Pretrain the CPU setting on the demo data; returns its checkpoint."""
+    """Pretrain the shipped weights' recipe on the demo data; returns its checkpoint."""
     for stale in TRAINED_DIR.glob("checkpoint_*.pt"):  # a fresh run: not to be mistaken for this one's
         stale.unlink()
     overrides = {"ckpt_dir": str(TRAINED_DIR), **({"epochs": epochs} if epochs else {})}
-    run("pretrain from scratch (CPU setting, demo data)", bundle_run(["configs/pretrain.yaml", CPU_SETTING], **overrides))
+    run("pretrain from scratch (the shipped recipe, demo data)", bundle_run(SHIPPED_RECIPE, **overrides))
     return TRAINED_DIR / "model.pt"
 
 
@@ -69,8 +70,8 @@ def infer_demo_images(checkpoint: Path, predictions: Path, images: int) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--train", action="store_true", help="train the CPU setting from scratch first (make train-demo)")
-    parser.add_argument("--epochs", help="with --train: override the CPU setting's number of epochs")
+    parser.add_argument("--train", action="store_true", help="train the shipped recipe from scratch first (make train-demo)")
+    parser.add_argument("--epochs", help="with --train: override the recipe's number of epochs")
     parser.add_argument("--images", type=int, default=4, help="demo images per dataset for the inference step")
     args = parser.parse_args()
 
