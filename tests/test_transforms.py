@@ -256,6 +256,8 @@ def test_letterbox_prob_reaches_the_training_chain(registry):
     kinds = {prob: [type(t) for t in train_transforms(SIZE, registry, letterbox_prob=prob).transforms] for prob in (0, 0.5)}
     assert ShortSideInterpolated in kinds[0] and RandLetterboxInterpolated not in kinds[0]
     assert RandLetterboxInterpolated in kinds[0.5] and ShortSideInterpolated not in kinds[0.5]
+    with pytest.raises(ValueError, match="letterbox probability must be in"):
+        train_transforms(SIZE, registry, letterbox_prob=-0.5)
 
 
 def _resized_sample(registry, source: dict, resize: bool = True) -> dict:

@@ -20,7 +20,7 @@ from monai.bundle import ConfigParser
 from monai.transforms import Compose, RandAdjustContrastd
 
 from bundle.networks import PromptedSegmenter, load_model, read_checkpoint
-from bundle.transforms import RandOfficialCascaded
+from bundle.transforms import RandLetterboxInterpolated, RandOfficialCascaded
 from tests.bundle_runner import (
     DEMO_DIR, REPO_ROOT, bundle_command, config_list, run_bundle, subprocess_env, write_small_datalist,
 )  # fmt: skip
@@ -113,6 +113,20 @@ def test_cpu_setting_trains_with_its_augmentation():
         else:
             assert cascade.weights == {"flip": 0.5, "rotate": 0.25, "zoom": 0.125, "none": 0.125}
             assert cascade.zoom == (0.8, 1.2) and not gamma
+
+
+def test_shipped_recipe_letterboxes_half_its_samples_at_128_and_trains_through_monai_bundle_run(workdir, datalist):
+    """configs/shipped.yaml over cpu.yaml: 128², window 4, the letterbox drawn for half the samples;
+    one tiny epoch of the three files runs as ``make train-demo`` runs them."""
+    files = ["pretrain.yaml", "cpu.yaml", "shipped.yaml"]
+    chain = parsed(files, "train#preprocessing")
+    letterbox = next(t for t in chain.transforms if isinstance(t, RandLetterboxInterpolated))
+    assert (letterbox.prob, letterbox.spatial_size) == (0.5, 128)
+    assert parsed(files, "network_def#window_size") == 4
+    ckpt_dir = workdir / "shipped_models"
+    overrides = {"datalist": datalist, "ckpt_dir": ckpt_dir, "output_dir": workdir / "shipped_runs", "epochs": 1}
+    run_bundle("pretrain", "cpu", "shipped", overrides=overrides)
+    assert read_checkpoint(ckpt_dir / "model.pt").description.arguments["conv_skips"] == 16
 
 
 @pytest.mark.parametrize(

@@ -83,9 +83,9 @@ def train_transforms(
         + [
             EnsureTyped(("image", "label", "mask"), track_meta=False, allow_missing_keys=True),
             RandPromptModed(mode_probabilities),
-            RandLetterboxInterpolated(SPATIAL_KEYS, image_size, float(letterbox_prob))
-            if float(letterbox_prob) > 0
-            else ShortSideInterpolated(SPATIAL_KEYS, image_size),
+            ShortSideInterpolated(SPATIAL_KEYS, image_size)
+            if float(letterbox_prob) == 0
+            else RandLetterboxInterpolated(SPATIAL_KEYS, image_size, float(letterbox_prob)),
             RandOfficialCascaded(SPATIAL_KEYS, image_size, **(augmentation or {})),
         ]
         + intensity
