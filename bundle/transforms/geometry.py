@@ -140,7 +140,7 @@ class RandLetterboxInterpolated(RandomizableTransform, MapTransform):
 
     def __init__(self, keys: KeysCollection, spatial_size: int, prob: float) -> None:
         if not 0.0 <= prob <= 1.0:
-            raise ValueError(f"the letterbox probability must be in [0, 1], got {prob}")
+            raise ValueError(f"letterbox_prob (the share of letterboxed samples) must be in [0, 1], got {prob}")
         RandomizableTransform.__init__(self, prob=prob)
         MapTransform.__init__(self, keys, allow_missing_keys=True)
         self.spatial_size = spatial_size
