@@ -54,17 +54,25 @@ def inference_command(
 
 
 def score_split(
-    ckpt_path: Path, dataset_dir: Path, split: str, work_dir: Path, extra: Sequence[str] = ()
+    ckpt_path: Path,
+    dataset_dir: Path,
+    split: str,
+    work_dir: Path,
+    extra: Sequence[str] = (),
+    registry_file: Path | None = None,
+    datalist: Path | Sequence[Path] | None = None,
 ) -> dict[str, dict[str, float]]:
     """Mean Dice per image (empty ground truth excluded) per segmentation dataset of ``split``.
 
     ``extra``: further arguments of every inference command (``["--fill_holes", "false"]``).
+    ``registry_file`` (default ``dataset_dir/datasets.yaml``) and ``datalist`` (one JSON or a list)
+    choose the samples as the training configs do.
 
     Returns:
         {dataset: {"dice": mean, "images": n, "seconds": inference wall time}}.
     """
-    registry = load_registry(dataset_dir / "datasets.yaml")
-    samples = [s for s in load_samples(registry, split) if s["task"] == "segmentation"]
+    registry = load_registry(registry_file or dataset_dir / "datasets.yaml")
+    samples = [s for s in load_samples(registry, split, datalist) if s["task"] == "segmentation"]
     load = LoadImage2D()
     results: dict[str, dict[str, float]] = {}
     for dataset in sorted({s["dataset"] for s in samples}):
@@ -96,17 +104,25 @@ def main() -> None:
     parser.add_argument("--ckpt_path", type=Path, default=ROOT / "models" / "model.pt")
     parser.add_argument("--dataset_dir", type=Path, default=ROOT / "data" / "demo")
     parser.add_argument("--split", default="test")
+    parser.add_argument("--registry_file", type=Path, help="default: DATASET_DIR/datasets.yaml")
+    parser.add_argument("--datalist", type=Path, nargs="+", help="datalist JSON(s) naming the samples")
     parser.add_argument("--work_dir", type=Path, help="keep the inputs and written masks here (default: a temporary folder)")
     parser.add_argument("--json", type=Path, help="write the results here")
     args, extra = parser.parse_known_args()
     with tempfile.TemporaryDirectory() as temporary:
         work_dir = args.work_dir or Path(temporary)
-        results = score_split(args.ckpt_path.resolve(), args.dataset_dir.resolve(), args.split, work_dir.resolve(), extra)
+        results = score_split(
+            args.ckpt_path.resolve(), args.dataset_dir.resolve(), args.split, work_dir.resolve(), extra,
+            args.registry_file, args.datalist,
+        )  # fmt: skip
     print(f"| dataset | images | mean Dice per image (original size) | inference s |\n|---|---|---|---|")
     for dataset, row in results.items():
         print(f"| {dataset} | {row['images']} | {row['dice']:.3f} | {row['seconds']} |")
     if args.json:
-        record = {"ckpt_path": str(args.ckpt_path), "split": args.split, "inference_args": extra, "results": results}
+        record = {
+            "ckpt_path": str(args.ckpt_path), "split": args.split, "registry_file": str(args.registry_file),
+            "datalist": [str(path) for path in args.datalist or []], "inference_args": extra, "results": results,
+        }  # fmt: skip
         args.json.write_text(json.dumps(record, indent=2))
 
 

@@ -53,6 +53,17 @@ def run_bundle(
     return result
 
 
+def bare_inference(input_dir: Path, output_dir: Path, checkpoint: Path, organ: str, object_type: str) -> str:
+    """The README's inference command, nothing added: ``--config_file configs/inference.yaml`` and the checkpoint."""
+    command = bundle_command(
+        "run", "--config_file", "configs/inference.yaml", "--input_dir", str(input_dir), "--output_dir", str(output_dir),
+        "--organ", organ, "--object_type", object_type, "--ckpt_path", str(checkpoint),
+    )  # fmt: skip
+    result = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, env=subprocess_env(), timeout=600)
+    assert result.returncode == 0, result.stderr[-4000:]
+    return result.stdout + result.stderr
+
+
 def subprocess_env() -> dict:
     env = dict(os.environ, OMP_NUM_THREADS="2", PYTHONWARNINGS="ignore")
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))

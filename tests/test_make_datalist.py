@@ -159,5 +159,5 @@ def test_the_script_is_the_same_command_line(tmp_path, demo_registry):
     command = [sys.executable, str(REPO_ROOT / "scripts" / "make_datalist.py"), str(root), "--out", str(out),
                "--dataset", "S", "--task", "segmentation", "--organ", "thyroid", "--object-type", "organ"]
     result = subprocess.run(command, capture_output=True, text=True, timeout=120, check=True)
-    assert result.stdout.startswith(f"wrote {out}: ")
+    assert result.stdout.startswith(f"wrote {out}\nimages per split: ")
     assert sum(len(entries) for entries in json.loads(out.read_text()).values()) == 4

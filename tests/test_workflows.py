@@ -22,7 +22,7 @@ from monai.transforms import Compose, RandAdjustContrastd
 from bundle.networks import PromptedSegmenter, load_model, read_checkpoint
 from bundle.transforms import RandLetterboxInterpolated, RandOfficialCascaded
 from tests.bundle_runner import (
-    DEMO_DIR, REPO_ROOT, bundle_command, config_list, run_bundle, subprocess_env, write_small_datalist,
+    DEMO_DIR, REPO_ROOT, bare_inference, bundle_command, config_list, run_bundle, subprocess_env, write_small_datalist,
 )  # fmt: skip
 from tests.conftest import TINY_NET, tiny_network
 from tests.ultrasound_dicom import write_dicom
@@ -307,17 +307,6 @@ def test_unreadable_training_image_stops_before_training_naming_the_file(workdir
     assert result.returncode != 0
     assert f"cannot read image file {broken}" in result.stdout + result.stderr
     assert not (workdir / "never").exists()
-
-
-def bare_inference(input_dir: Path, output_dir: Path, checkpoint: Path, organ: str, object_type: str) -> str:
-    """The README's inference command, nothing added: ``--config_file configs/inference.yaml`` and the checkpoint."""
-    command = bundle_command(
-        "run", "--config_file", "configs/inference.yaml", "--input_dir", str(input_dir), "--output_dir", str(output_dir),
-        "--organ", organ, "--object_type", object_type, "--ckpt_path", str(checkpoint),
-    )  # fmt: skip
-    result = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, env=subprocess_env(), timeout=600)
-    assert result.returncode == 0, result.stderr[-4000:]
-    return result.stdout + result.stderr
 
 
 def test_bare_inference_command_runs_a_cpu_setting_checkpoint(workdir, datalist):

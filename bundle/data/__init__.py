@@ -17,9 +17,11 @@ from bundle.data.sampler import (
     DatasetWeightedSampler,
     MixedShareSampler,
     dataset_weights,
+    labelled_weights,
     training_sampler,
     weighted_sampler,
 )
+from bundle.data.rehearsal import rehearsal_samples, with_rehearsal
 from bundle.data.samples import SPLITS
 from bundle.data.split import split_ids
 
@@ -33,12 +35,15 @@ __all__ = [
     "datalist_samples",
     "dataset_weights",
     "folder_samples",
+    "labelled_weights",
     "load_registry",
     "load_samples",
     "m2us_samples",
     "read_official_config",
+    "rehearsal_samples",
     "split_ids",
     "training_sampler",
     "weighted_sampler",
+    "with_rehearsal",
     "write_datalist",
 ]

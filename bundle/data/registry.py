@@ -2,7 +2,9 @@
 
 A registry file looks like::
 
-    extra_organs: []                 # organ names appended to the official position vocabulary
+    extra_organs: []                 # organ names appended to the official position vocabulary; an entry
+                                     # {name: nerve, init_from: breast} also says how adaptation starts
+                                     # its prompt weights (default: the mean of the known organs)
     datasets:
       - name: BUSI
         task: segmentation           # segmentation | classification
@@ -27,7 +29,7 @@ background.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -85,11 +87,15 @@ class DatasetRegistry:
         vocabulary: the official vocabulary extended by the registry's ``extra_organs``; the
             network's ``prompt_sizes`` follow ``vocabulary.sizes``.
         source: the registry file (named in error messages).
+        organ_init: extra organ -> the known organ whose prompt weights a checkpoint grown for it
+            copies (:meth:`bundle.networks.BundleCheckpoint.grown`); organs absent here start
+            from the mean of the known ones.
     """
 
     datasets: tuple[DatasetSpec, ...]
     vocabulary: PromptVocabulary
     source: Path
+    organ_init: Mapping[str, str] = field(default_factory=dict)
 
     def get(self, name: str, task: str) -> DatasetSpec:
         """The declaration of dataset ``name`` for ``task``; a KeyError lists the declared ones."""
@@ -135,17 +141,40 @@ def load_registry(path: str | Path, data_root: str | Path | None = None) -> Data
     entries = content["datasets"]
     if not isinstance(entries, list) or not entries:
         raise ValueError(f"registry {path}: 'datasets' must be a non-empty list")
-    extra_organs = content.get("extra_organs") or []
-    if not isinstance(extra_organs, list) or not all(isinstance(o, str) for o in extra_organs):
-        raise ValueError(f"registry {path}: 'extra_organs' must be a list of names")
+    extra_organs, organ_init = _parse_extra_organs(content.get("extra_organs") or [], path)
     vocabulary = DEFAULT_VOCABULARY.extended(extra_organs)
+    for organ, source_organ in organ_init.items():
+        if source_organ not in vocabulary.organs or source_organ == organ:
+            raise ValueError(
+                f"registry {path}: extra organ '{organ}' has init_from '{source_organ}', "
+                f"which is not another organ of {list(vocabulary.organs)}"
+            )
     base = Path(data_root) if data_root is not None else path.parent
     specs = tuple(_parse_entry(entry, i, path, base, vocabulary) for i, entry in enumerate(entries))
     keys = [spec.key for spec in specs]
     duplicates = sorted({f"{name} ({task})" for task, name in keys if keys.count((task, name)) > 1})
     if duplicates:
         raise ValueError(f"registry {path}: datasets declared twice for the same task: {duplicates}")
-    return DatasetRegistry(specs, vocabulary, path)
+    return DatasetRegistry(specs, vocabulary, path, organ_init)
+
+
+def _parse_extra_organs(entries: Any, path: Path) -> tuple[list[str], dict[str, str]]:
+    """``extra_organs`` items (a name, or ``{name: NAME, init_from: ORGAN}``) -> names, {name: init_from}."""
+    if not isinstance(entries, list):
+        raise ValueError(f"registry {path}: 'extra_organs' must be a list of names or {{name, init_from}} mappings")
+    names, organ_init = [], {}
+    for entry in entries:
+        if isinstance(entry, str):
+            names.append(entry)
+        elif isinstance(entry, Mapping) and isinstance(entry.get("name"), str) and set(entry) <= {"name", "init_from"}:
+            names.append(entry["name"])
+            if entry.get("init_from") is not None:
+                organ_init[entry["name"]] = str(entry["init_from"])
+        else:
+            raise ValueError(
+                f"registry {path}: 'extra_organs' entry {entry!r} is neither a name nor {{name: NAME, init_from: ORGAN}}"
+            )
+    return names, organ_init
 
 
 def as_registry(registry: DatasetRegistry | str | Path) -> DatasetRegistry:

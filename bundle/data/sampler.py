@@ -144,15 +144,42 @@ class MixedShareSampler(DatasetWeightedSampler):
         return iter(torch.cat([drawn.view(self.batches, size), extra], 1).flatten().tolist())
 
 
+def labelled_weights(samples: Sequence[Mapping], rehearsal_share: float = 0.0) -> list[float]:
+    """``dataset_weights`` of labelled samples; with replayed ones (``rehearsal: 1``), scaled so that
+    these are drawn with probability ``rehearsal_share`` and the new ones with the rest.
+
+    Raises:
+        ValueError: replayed samples and a share outside (0, 1), or only replayed samples.
+    """
+    weights = dataset_weights(samples)
+    replayed = [bool(sample.get("rehearsal", 0)) for sample in samples]
+    if not any(replayed):
+        return weights
+    if not 0 < rehearsal_share < 1 or all(replayed):
+        raise ValueError(
+            f"rehearsal needs new samples beside the replayed ones and 0 < rehearsal_share < 1; got "
+            f"{len(samples) - sum(replayed)} new, {sum(replayed)} replayed, share {rehearsal_share}"
+        )
+    old_total = sum(w for w, r in zip(weights, replayed) if r)
+    new_total = sum(weights) - old_total
+    return [w * (rehearsal_share / old_total if r else (1 - rehearsal_share) / new_total) for w, r in zip(weights, replayed)]
+
+
 def training_sampler(
-    samples: Sequence[Mapping], seed: int = 0, batch_size: int = 1, unlabelled_share: float = 0.5
+    samples: Sequence[Mapping],
+    seed: int = 0,
+    batch_size: int = 1,
+    unlabelled_share: float = 0.5,
+    rehearsal_share: float = 0.0,
 ) -> DatasetWeightedSampler:
-    """The pretraining sampler: official dataset weights, and unlabelled samples (``labelled == 0``, listed
-    last) at ``unlabelled_share`` of every batch when there are any."""
+    """The pretraining sampler: official dataset weights, replayed old samples (``rehearsal: 1``) drawn
+    with probability ``rehearsal_share``, and unlabelled samples (``labelled == 0``, listed last) at
+    ``unlabelled_share`` of every batch when there are any."""
     unlabelled = sum(1 for sample in samples if sample.get("labelled", 1) == 0)
-    if not unlabelled:
-        return weighted_sampler(samples, seed=seed)
     labelled = samples[: len(samples) - unlabelled]
+    weights = labelled_weights(labelled, float(rehearsal_share))
+    if not unlabelled:
+        return DatasetWeightedSampler(samples, weights, seed=seed)
     if any(sample.get("labelled", 1) == 0 for sample in labelled):
         raise ValueError("unlabelled samples must follow the labelled ones in the training list")
-    return MixedShareSampler(samples, dataset_weights(labelled), unlabelled, batch_size, float(unlabelled_share), seed)
+    return MixedShareSampler(samples, weights, unlabelled, batch_size, float(unlabelled_share), seed)

@@ -13,10 +13,11 @@ Several masks of one image are merged (pixel-wise maximum, i.e. union) into one 
 
 from __future__ import annotations
 
+import csv
 import os
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -130,6 +131,28 @@ class DatalistSpec:
     object_type: str
     classes: tuple[str, ...] = ()  # classification classes to keep, in index order (default: folders)
     seg_classes: Mapping[str, int] | None = None  # name -> mask value (default: from the masks)
+    new_organ: bool = False  # ``organ`` is outside the official vocabulary: the registry declares it
+    init_from: str | None = None  # a new organ's prompt weights start as this organ's when a model adapts
+
+
+@dataclass
+class FolderReport:
+    """What ``make_datalist`` found: images per split and what it had to say about the files."""
+
+    counts: dict[str, int]
+    sizes: tuple[tuple[int, int], tuple[int, int]] | None = None  # smallest and largest (H, W)
+    unreadable: list[str] = field(default_factory=list)  # skipped, each with its error
+    empty_masks: list[str] = field(default_factory=list)  # kept: images with no object
+
+    def __str__(self) -> str:
+        lines = [f"images per split: {self.counts}"]
+        if self.sizes:
+            lines.append(f"sizes (H, W) from {self.sizes[0]} to {self.sizes[1]}")
+        if self.empty_masks:
+            lines.append(f"{len(self.empty_masks)} empty masks (images without the object): " + ", ".join(self.empty_masks))
+        if self.unreadable:
+            lines.append(f"{len(self.unreadable)} unreadable files skipped: " + "; ".join(self.unreadable))
+        return "\n".join(lines)
 
 
 def make_datalist(
@@ -140,8 +163,11 @@ def make_datalist(
     fractions: Sequence[float] = (0.7, 0.1, 0.2),
     seed: int = 0,
     group_regex: str | None = None,
-) -> dict[str, int]:
+    groups_csv: str | Path | None = None,
+) -> FolderReport:
     """Scan ``root``, split it (seeded, stratified by class, groups kept together) and write ``out``.
+
+    Unreadable images or masks are skipped, each named in the report; empty masks are kept and named.
 
     Args:
         root: the user's image folder.
@@ -152,13 +178,16 @@ def make_datalist(
         seed: split seed.
         group_regex: a regular expression on the file stem whose first group (or whole match)
             names a group kept in one split (e.g. a patient id).
+        groups_csv: instead of ``group_regex``, a CSV file whose first column holds file stems and
+            whose ``group`` column names their groups (e.g. a dataset's ``metadata.csv``).
 
     Returns:
-        number of images per split.
+        the report: images per split, sizes, unreadable files and empty masks.
     """
     _check_names(spec)
     out = Path(out)
     scanned = [s for s in scan_folder(root) if not spec.classes or s.class_name in spec.classes]
+    scanned, sizes, unreadable, empty = _readable(scanned)
     classes = spec.classes or tuple(sorted({s.class_name for s in scanned if s.class_name is not None}))
     if CLASSIFICATION in spec.tasks:
         unclassed = [str(s.image) for s in scanned if s.class_name is None]
@@ -173,18 +202,65 @@ def make_datalist(
     mask_of = {s.image: _single_mask(s, Path(root), merged_dir) for s in scanned if s.masks}
     ids = [str(s.image) for s in scanned]
     strata = {str(s.image): s.class_name for s in scanned}
-    groups = _groups(scanned, group_regex)
+    groups = _groups_from_csv(scanned, groups_csv) if groups_csv is not None else _groups(scanned, group_regex)
     split = split_ids(ids, fractions, seed, strata=strata, groups=groups)
     entries = _entries(scanned, split, spec, classes, mask_of, out.parent)
     write_datalist(out, entries)
     if registry is not None:
         seg_classes = spec.seg_classes or segmentation_classes(mask_values(list(mask_of.values())), spec.object_type)
-        update_registry(Path(registry), _declarations(spec, classes, seg_classes))
-    return {name: len(members) for name, members in split.items()}
+        new_organ = ({"name": spec.organ, "init_from": spec.init_from} if spec.init_from else spec.organ) if spec.new_organ else None
+        update_registry(Path(registry), _declarations(spec, classes, seg_classes), new_organ)
+    counts = {name: len(members) for name, members in split.items()}
+    extent = (tuple(map(min, zip(*sizes))), tuple(map(max, zip(*sizes)))) if sizes else None
+    return FolderReport(counts, extent, unreadable, empty)
+
+
+def _readable(scanned: Sequence[ScannedImage]) -> tuple[list[ScannedImage], list[tuple[int, int]], list[str], list[str]]:
+    """The images whose file and masks load as training loads them, their (H, W), the others named
+    with their error, and the empty masks."""
+    from bundle.transforms.io import LoadImage2D  # the transforms package imports this one
+
+    load = LoadImage2D()
+    kept, sizes, unreadable, empty = [], [], [], []
+    for item in scanned:
+        try:
+            size = tuple(load(item.image).shape[1:])
+            masks = [load(mask) for mask in item.masks]
+        except (OSError, ValueError) as err:
+            unreadable.append(str(err))
+            continue
+        kept.append(item)
+        sizes.append(size)
+        if masks and not any(bool(mask.any()) for mask in masks):
+            empty.append(str(item.masks[0]))
+    return kept, sizes, unreadable, empty
+
+
+def _groups_from_csv(scanned: Sequence[ScannedImage], path: str | Path) -> dict[str, str]:
+    """Image -> group from a CSV whose first column is the file stem and whose ``group`` column the group."""
+    with open(path, newline="") as handle:
+        rows = list(csv.reader(handle))
+    if not rows or "group" not in rows[0]:
+        raise ValueError(f"groups CSV {path} needs a header with a 'group' column (first column: the file stem)")
+    column = rows[0].index("group")
+    by_stem = {row[0]: row[column] for row in rows[1:] if len(row) > column}
+    missing = [str(s.image) for s in scanned if stem_of(s.image) not in by_stem]
+    if missing:
+        raise ValueError(f"groups CSV {path} has no row for {len(missing)} images, e.g. {missing[:3]}")
+    return {str(s.image): by_stem[stem_of(s.image)] for s in scanned}
 
 
 def _check_names(spec: DatalistSpec) -> None:
-    DEFAULT_VOCABULARY.index("position", spec.organ)
+    if spec.new_organ:
+        if spec.organ in DEFAULT_VOCABULARY.organs:
+            raise ValueError(f"'{spec.organ}' is an official organ: leave out --new-organ")
+        if spec.init_from is not None:
+            DEFAULT_VOCABULARY.index("position", spec.init_from)
+    else:
+        try:
+            DEFAULT_VOCABULARY.index("position", spec.organ)
+        except ValueError as err:
+            raise ValueError(f"{err} (a new organ: add --new-organ [--init-from KNOWN_ORGAN])") from None
     if spec.object_type not in OBJECT_TYPES:
         raise ValueError(f"unknown object_type '{spec.object_type}', expected one of {list(OBJECT_TYPES)}")
     unknown = set(spec.tasks) - {SEGMENTATION, CLASSIFICATION}
@@ -250,9 +326,16 @@ def _declarations(spec: DatalistSpec, classes: Sequence[str], seg_classes: Mappi
     return declarations
 
 
-def update_registry(path: Path, declarations: Sequence[dict]) -> None:
-    """Add ``declarations`` to the registry at ``path`` (replacing the same name and task), then validate it."""
+def update_registry(path: Path, declarations: Sequence[dict], new_organ: str | dict | None = None) -> None:
+    """Add ``declarations`` to the registry at ``path`` (replacing the same name and task), then validate it.
+
+    ``new_organ`` (a name or ``{name, init_from}``) is added to ``extra_organs``, replacing an entry of that name.
+    """
     content = yaml.safe_load(path.read_text()) if path.is_file() else {"extra_organs": [], "datasets": []}
+    if new_organ is not None:
+        name = new_organ["name"] if isinstance(new_organ, dict) else new_organ
+        kept = [e for e in content.get("extra_organs") or [] if (e["name"] if isinstance(e, dict) else e) != name]
+        content["extra_organs"] = kept + [new_organ]
     replaced = {(d["task"], d["name"]) for d in declarations}
     content["datasets"] = [d for d in content.get("datasets") or [] if (d["task"], d["name"]) not in replaced]
     content["datasets"] += list(declarations)

@@ -7,6 +7,11 @@ Examples::
         --dataset BUSI --task segmentation classification --organ breast --object-type tumor \\
         --classes benign malignant
 
+    # a new organ (its prompt weights start as breast's when a model adapts), groups from a CSV, unlabelled images
+    python scripts/make_datalist.py nerve_data/ --out my_data/nerve.json --registry my_data/datasets.yaml \\
+        --dataset Nerve --task segmentation --organ nerve --new-organ --init-from breast --object-type organ \\
+        --groups-csv nerve_data/metadata.csv --unlabelled nerve_data/unlabelled
+
     # images/ + masks/ with matching stems, patients "p012_3.png" kept in one split
     python scripts/make_datalist.py thyroid/ --out my_data/thyroid.json --registry my_data/datasets.yaml \\
         --dataset Thyroid --task segmentation --organ thyroid --object-type organ --group-regex "^(p\\d+)_"
@@ -25,6 +30,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from bundle.data.scan import DatalistSpec, make_datalist
+from bundle.data.unlabelled import unlabelled_samples
 
 __all__ = ["main", "parse_seg_classes"]
 
@@ -56,8 +62,15 @@ def main(argv: Sequence[str] | None = None) -> dict[str, int]:
     parser.add_argument("--seg-classes", nargs="+", help="segmentation classes as name:mask_value (default: binary)")
     parser.add_argument("--fractions", nargs=3, type=float, default=(0.7, 0.1, 0.2), metavar=("TRAIN", "VAL", "TEST"))
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--group-regex", help="regex on the file stem; its first group keeps images in one split")
+    grouping = parser.add_mutually_exclusive_group()
+    grouping.add_argument("--group-regex", help="regex on the file stem; its first group keeps images in one split")
+    grouping.add_argument("--groups-csv", type=Path, help="CSV: file stem in the first column, a 'group' column")
+    parser.add_argument("--new-organ", action="store_true", help="the organ is not an official one: declare it")
+    parser.add_argument("--init-from", help="with --new-organ: the known organ whose prompt weights it starts from")
+    parser.add_argument("--unlabelled", type=Path, help="folder of unlabelled images of the same data, to report")
     args = parser.parse_args(argv)
+    if args.init_from and not args.new_organ:
+        parser.error("--init-from needs --new-organ")
     spec = DatalistSpec(
         dataset=args.dataset,
         tasks=tuple(args.task),
@@ -65,7 +78,19 @@ def main(argv: Sequence[str] | None = None) -> dict[str, int]:
         object_type=args.object_type,
         classes=tuple(args.classes),
         seg_classes=parse_seg_classes(args.seg_classes),
+        new_organ=args.new_organ,
+        init_from=args.init_from,
     )
-    counts = make_datalist(args.root, args.out, spec, args.registry, args.fractions, args.seed, args.group_regex)
-    print(f"wrote {args.out}: {counts}" + (f"; declared in {args.registry}" if args.registry else ""))
-    return counts
+    report = make_datalist(
+        args.root, args.out, spec, args.registry, args.fractions, args.seed, args.group_regex, args.groups_csv
+    )
+    print(f"wrote {args.out}" + (f"; declared in {args.registry}" if args.registry else ""))
+    print(report)
+    if args.unlabelled is not None:
+        pool = unlabelled_samples([{"dir": args.unlabelled, "organ": args.organ, "object_type": args.object_type}])
+        print(
+            f"{len(pool)} unlabelled images in {args.unlabelled}; train with them (consistency) by adding "
+            f"--unlabelled_dirs \"[{{'dir': '{args.unlabelled}', 'organ': '{args.organ}', "
+            f"'object_type': '{args.object_type}'}}]\" --consistency_weight 0.1"
+        )
+    return report.counts

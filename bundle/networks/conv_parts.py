@@ -18,11 +18,12 @@ from __future__ import annotations
 
 import math
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 import torch
 from monai.networks.blocks import Convolution, UnetOutBlock, UnetrBasicBlock, UnetrUpBlock
 from torch import nn
+from torch.nn import functional as F
 
 __all__ = ["ConvPatchEmbedding", "ConvSkipPath", "PromptedUpBlock"]
 
@@ -87,12 +88,13 @@ class PromptedUpBlock(nn.Module):
             nn.init.zeros_(self.prompt_proj.weight)
             nn.init.zeros_(self.prompt_proj.bias)
 
-    def forward(self, x: torch.Tensor, skip: torch.Tensor, prompts: torch.Tensor | None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, skip: torch.Tensor, prompts: Sequence[torch.Tensor] | None) -> torch.Tensor:
         """
         Args:
             x: (B, in_channels, h, w).
             skip: (B, out_channels, 2h, 2w).
-            prompts: concatenated one-hot prompts (B, prompt_features), or None without a gain.
+            prompts: the one-hot prompts (B, n_k) in the order of ``prompt_proj``'s input columns,
+                or None without a gain.
 
         Returns:
             (B, out_channels, 2h, 2w).
@@ -100,7 +102,24 @@ class PromptedUpBlock(nn.Module):
         out = self.block(x, skip)
         if self.prompt_proj is None:
             return out
-        return out * (1 + self.prompt_proj(prompts))[:, :, None, None]
+        return out * (1 + self.prompt_gain(prompts))[:, :, None, None]
+
+    def prompt_gain(self, prompts: Sequence[torch.Tensor]) -> torch.Tensor:
+        """``prompt_proj`` of the concatenated prompts (B, out_channels), one prompt's columns at a time.
+
+        Summed per prompt in a fixed order, each term is one weight column, exactly: the result does
+        not depend on how many columns the other prompts have, so an organ vocabulary grown by a
+        column (:mod:`bundle.networks.vocabulary_growth`) leaves every old organ's output bit-identical.
+        """
+        gain = self.prompt_proj.bias
+        start = 0
+        for prompt in prompts:
+            end = start + prompt.shape[1]
+            gain = gain + F.linear(prompt, self.prompt_proj.weight[:, start:end])
+            start = end
+        if start != self.prompt_proj.in_features:
+            raise ValueError(f"the prompts have {start} columns, the prompt gain takes {self.prompt_proj.in_features}")
+        return gain
 
 
 class ConvSkipPath(nn.Module):
@@ -168,8 +187,8 @@ class ConvSkipPath(nn.Module):
         for encoder in self.encoders:
             x = encoder(x)
             skips.append(x)
-        joined = torch.cat([prompts[key] for key in self.keys_in_order], dim=1) if self.keys_in_order else None
+        ordered = [prompts[key] for key in self.keys_in_order] if self.keys_in_order else None
         x = tokens.permute(0, 3, 1, 2)
         for up, skip in zip(self.up, reversed(skips)):
-            x = up(x, skip, joined)
+            x = up(x, skip, ordered)
         return self.out(x)

@@ -30,6 +30,7 @@ from torch import nn
 
 from bundle.networks.checkpoints import check_state_dict, convert_official_state_dict
 from bundle.networks.perceptguide import PerceptGuide
+from bundle.networks.vocabulary_growth import grow_organ_columns
 from bundle.data.registry import DatasetRegistry
 from bundle.prompts import (
     CLASSIFICATION,
@@ -215,6 +216,7 @@ class BundleCheckpoint:
     description: ModelDescription
     source: Path
     described: bool = True
+    new_organs: tuple[str, ...] = ()  # organs that :meth:`grown` appended to the stored vocabulary
 
     def check(self, key: str, value: Any) -> Any:
         """The description's ``key`` (e.g. ``image_size``), or ``value`` when None; a contradiction names both."""
@@ -232,6 +234,24 @@ class BundleCheckpoint:
                 raise ValueError(
                     f"{option} '{name}' is not in the vocabulary of checkpoint {self.source}: {list(vocabulary.names(key))}"
                 )
+
+    def grown(self, registry: DatasetRegistry) -> "BundleCheckpoint":
+        """This checkpoint with the organs of ``registry`` it lacks appended to its vocabulary.
+
+        New organs' prompt columns start as ``registry.organ_init`` says (a known organ's, else the
+        mean of the known ones'); every old organ's outputs stay those of this checkpoint. Without
+        new organs the checkpoint itself is returned.
+        """
+        old_organs = self.description.vocabulary["position"]
+        organs = list(self.description.prompt_vocabulary.extended(registry.vocabulary.organs).organs)
+        if organs == old_organs:
+            return self
+        state = grow_organ_columns(self.state_dict, old_organs, organs, registry.organ_init)
+        vocabulary = {**self.description.vocabulary, "position": organs}
+        grown = dataclasses.replace(self.description, vocabulary=vocabulary)
+        grown.arguments["prompt_sizes"] = grown.prompt_vocabulary.sizes
+        appended = tuple(organs[len(old_organs) :])
+        return dataclasses.replace(self, state_dict=state, description=grown, new_organs=self.new_organs + appended)
 
     def adopt(self, registry: DatasetRegistry) -> DatasetRegistry:
         """``registry`` with this checkpoint's vocabulary, for data that a trained model sees.
