@@ -10,7 +10,7 @@ the script says so and stops.
 Usage::
 
     python -m benchmarks.bf16_agreement [--config_file "['configs/evaluate.yaml','configs/cpu.yaml']"] \\
-        [--ckpt_path models/model.pt] [--split test] [--dataset_dir data/demo] [--threads 2]
+        [--ckpt_path models/pretrained.pt] [--split test] [--dataset_dir data/demo] [--threads 2]
 """
 
 from __future__ import annotations
@@ -84,7 +84,7 @@ def agreement(fp32: list[dict], bf16: list[dict]) -> dict[str, dict[str, float]]
 def main(argv: Sequence[str] | None = None) -> dict[str, dict[str, float]]:
     cli = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     cli.add_argument("--config_file", default=DEFAULT_CONFIGS)
-    cli.add_argument("--ckpt_path", default="models/model.pt")
+    cli.add_argument("--ckpt_path", default="models/pretrained.pt")
     cli.add_argument("--split", default="test")
     cli.add_argument("--dataset_dir", help="default: the config's")
     cli.add_argument("--threads", type=int, default=2)

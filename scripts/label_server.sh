@@ -5,8 +5,9 @@
 #
 # Builds the server's own venv once (scripts/label_venv.sh, cached), then runs
 # `monailabel start_server` with the app apps/monailabel over STUDIES_DIR, serving the bundle's
-# current weights (models/model.pt unless --conf model_path says otherwise; apps/monailabel/main.py
-# lists every conf key). Ctrl-C or SIGTERM stops the server and any training it started.
+# current weights (models/model.pt, else a copy of the shipped models/pretrained.pt, unless --conf
+# model_path says otherwise; apps/monailabel/main.py lists every conf key). Ctrl-C or SIGTERM
+# stops the server and any training it started.
 set -euo pipefail
 
 if [[ $# -lt 2 ]]; then

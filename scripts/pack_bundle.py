@@ -14,7 +14,7 @@ compression fixed (deflate output can only change with the zlib version).
 Usage (from the repo root)::
 
     python scripts/pack_bundle.py                          # archive only
-    python scripts/pack_bundle.py --weights models/model.pt \\
+    python scripts/pack_bundle.py --weights models/pretrained.pt \\
         --base-url https://github.com/<owner>/<repo>/releases/download/v0.1.0
 """
 

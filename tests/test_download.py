@@ -34,7 +34,7 @@ PACK_SCRIPT = REPO_ROOT / "scripts" / "pack_bundle.py"
 METADATA = json.loads((REPO_ROOT / "configs" / "metadata.json").read_text())
 NAME, VERSION = METADATA["name"], METADATA["version"]
 SCHEMA = Path("configs", "schema", "meta_schema_20240725.json")
-WEIGHTS = "models/model.pt"
+WEIGHTS = "models/pretrained.pt"
 # loopback goes direct, anything else hits a closed port
 NETWORK_ENV = {"http_proxy": "http://127.0.0.1:9", "https_proxy": "http://127.0.0.1:9", "no_proxy": "127.0.0.1,localhost"}
 

@@ -114,9 +114,9 @@ def test_inference_network_matches_the_input_and_output_description(overrides, t
 
 def test_shipped_weights_are_listed_with_their_sha256_and_describe_their_network():
     entries = {entry["path"]: entry for entry in yaml.safe_load((REPO_ROOT / "large_files.yml").read_text())["large_files"]}
-    weights = REPO_ROOT / "models" / "model.pt"
-    assert entries["models/model.pt"]["hash_type"] == "sha256"
-    assert file_digest(weights) == entries["models/model.pt"]["hash_val"]
+    weights = REPO_ROOT / "models" / "pretrained.pt"
+    assert entries["models/pretrained.pt"]["hash_type"] == "sha256"
+    assert file_digest(weights) == entries["models/pretrained.pt"]["hash_val"]
     checkpoint = read_checkpoint(weights)
     assert checkpoint.described and checkpoint.description.vocabulary["position"][:3] == ["ovary", "breast", "thyroid"]
     assert weights.stat().st_size < 50 * 2**20

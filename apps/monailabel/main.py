@@ -4,8 +4,9 @@ Start it with ``scripts/label_server.sh STUDIES_DIR PORT`` (docs/label.md). The 
 built from its checkpoint alone: network, prompt vocabulary, class names and input size. App
 options, given as ``--conf KEY VALUE`` (all optional):
 
-- ``model_path``: checkpoint to serve and train (default ``<bundle>/models/model.pt``); any
-  bundle checkpoint.
+- ``model_path``: checkpoint to serve and train; any bundle checkpoint. Default
+  ``<bundle>/models/model.pt``, the adapted model ``make demo`` leaves; without one, a copy of the
+  shipped ``models/pretrained.pt`` is made there, so that training never overwrites the shipped weights.
 - ``organ``, ``object_type``, ``mode``: default prompt names (else those of
   ``configs/inference.yaml``).
 - ``device``: e.g. ``cpu`` or ``cuda:0`` (default: the configs' choice).
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +27,8 @@ from lib.inference import POSTPROCESSING_KEYS, PROMPT_NAMES, BundleInference
 from lib.infers import PerceptGuideInfer
 from lib.trainers import PerceptGuideTrain
 from lib.training import LabelFineTuner
+
+from bundle.networks.model_file import ADAPTED_MODEL, PRETRAINED_MODEL, default_model_path
 from monailabel.interfaces.app import MONAILabelApp
 from monailabel.interfaces.tasks.infer_v2 import InferTask
 from monailabel.interfaces.tasks.train import TrainTask
@@ -39,11 +43,15 @@ class PerceptGuideApp(MONAILabelApp):
 
     def __init__(self, app_dir: str, studies: str, conf: dict[str, str]) -> None:
         bundle_root = Path(app_dir).resolve().parents[1]
-        model_path = Path(conf.get("model_path") or bundle_root / "models" / "model.pt")
+        model_path = Path(conf.get("model_path") or default_model_path(bundle_root))
+        if not conf.get("model_path") and model_path.name == PRETRAINED_MODEL.name and model_path.is_file():
+            # the app trains what it serves: the shipped weights stay as they are, a copy learns
+            model_path = shutil.copyfile(model_path, bundle_root / ADAPTED_MODEL)
+            logger.info("serving and training %s, a copy of the shipped %s", model_path, PRETRAINED_MODEL)
         if not model_path.is_file():
             raise FileNotFoundError(
-                f"no weights to serve at {model_path}: run `make demo` (it writes models/model.pt) "
-                "or start with --conf model_path FILE"
+                f"no weights to serve at {model_path}: fetch the shipped ones (docs/download.md), run `make demo` "
+                "(it writes models/model.pt) or start with --conf model_path FILE"
             )
         device = conf.get("device") or None
         self.inference = BundleInference(

@@ -4,6 +4,7 @@ from bundle.networks.checkpoints import convert_official_state_dict, load_swin_i
 from bundle.networks.model_file import (
     BundleCheckpoint,
     ModelDescription,
+    default_model_path,
     describe,
     describe_encoder,
     initialise_from,
@@ -20,6 +21,7 @@ __all__ = [
     "PerceptGuide",
     "PromptedSegmenter",
     "convert_official_state_dict",
+    "default_model_path",
     "describe",
     "describe_encoder",
     "initialise_from",

@@ -46,6 +46,7 @@ __all__ = [
     "ModelDescription",
     "BundleCheckpoint",
     "bundle_version",
+    "default_model_path",
     "describe",
     "describe_encoder",
     "initialise_from",
@@ -331,6 +332,20 @@ def read_checkpoint(path: str | Path) -> BundleCheckpoint:
     if description is None:
         return BundleCheckpoint(state, paper_description(), path, described=False)
     return BundleCheckpoint(state, description, path)
+
+
+# the shipped weights (large_files.yml), and the model a user's adaptation (``make demo``) leaves beside them
+PRETRAINED_MODEL = Path("models") / "pretrained.pt"
+ADAPTED_MODEL = Path("models") / "model.pt"
+
+
+def default_model_path(bundle_root: str | Path) -> Path:
+    """The checkpoint that runs when none is named: ``models/model.pt`` (adapted to the user's data, as
+    ``make demo`` leaves it) when it exists, else the shipped ``models/pretrained.pt``."""
+    adapted = Path(bundle_root) / ADAPTED_MODEL
+    chosen = adapted if adapted.is_file() else Path(bundle_root) / PRETRAINED_MODEL
+    logger.info("checkpoint: %s", chosen)
+    return chosen
 
 
 def load_model(path: str | Path, **overrides: Any) -> PerceptGuide:
