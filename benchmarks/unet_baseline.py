@@ -19,7 +19,11 @@ budget, the time analogue of the bundle's per-iteration schedule.
 Usage::
 
     python -m benchmarks.unet_baseline [--minutes 12] [--clock wall|process] [--dataset_dir data/demo] \\
-        [--datalist FILE.json] [--image_size 160] [--batch_size 16] [--lr 1e-3] [--threads 2] [--json out.json]
+        [--registry_file FILE.yaml] [--datalist FILE.json ...] [--image_size 160] [--batch_size 16] [--lr 1e-3] \\
+        [--threads 2] [--init unet.pt] [--save unet.pt] [--json out.json]
+
+``--save`` writes the trained state dict; ``--init`` starts from one (the transfer baseline of issue 24:
+a U-Net trained on the demo datasets, then fine-tuned on a few images of a new dataset).
 """
 
 from __future__ import annotations
@@ -127,19 +131,21 @@ def run(args: argparse.Namespace) -> dict:
     """Train for the budget, evaluate before and after; returns the figures (also for ``--json``)."""
     torch.set_num_threads(args.threads)
     set_determinism(seed=args.seed)
-    registry = load_registry(Path(args.dataset_dir) / "datasets.yaml")
+    registry = load_registry(args.registry_file or Path(args.dataset_dir) / "datasets.yaml")
     classes = registry.num_seg_classes
     train = segmentation_samples(registry, "train", args.datalist)
     test = segmentation_samples(registry, args.split, args.datalist)
-    if len(train) < args.batch_size:  # drop_last would leave epochs without an iteration, and the budget unspent
-        raise ValueError(f"{len(train)} training images, fewer than one batch of {args.batch_size}")
     train_ds = CacheDataset(train, unet_train_transforms(args.image_size, registry, args.input_mode), num_workers=0)
     train_loader = DataLoader(
-        train_ds, batch_size=args.batch_size, sampler=weighted_sampler(train, seed=args.seed), drop_last=True
+        train_ds, batch_size=args.batch_size, drop_last=True,
+        # at least one batch per epoch: a few images (fewer than a batch) still train
+        sampler=weighted_sampler(train, seed=args.seed, num_samples=max(len(train), args.batch_size)),
     )
     test_loader = DataLoader(Dataset(test, val_transforms(args.image_size, registry)), batch_size=16, shuffle=False)
 
     network = build_unet(classes)
+    if args.init:
+        network.load_state_dict(torch.load(args.init, map_location="cpu", weights_only=True))
     untrained = evaluate(network, test_loader, classes)
 
     optimizer = torch.optim.Adam(network.parameters(), lr=args.lr)
@@ -156,6 +162,9 @@ def run(args: argparse.Namespace) -> dict:
     trainer.run()
     seconds, cpu_seconds = time.monotonic() - start, time.process_time() - cpu_start
     trained = evaluate(network, test_loader, classes)
+    if args.save:
+        Path(args.save).parent.mkdir(parents=True, exist_ok=True)
+        torch.save(network.state_dict(), args.save)
     iterations = trainer.state.iteration
     return {
         "parameters": sum(p.numel() for p in network.parameters()),
@@ -186,7 +195,12 @@ def table(result: dict) -> str:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--dataset_dir", default=str(DEMO_DATA))
-    parser.add_argument("--datalist", help="MONAI datalist JSON of the splits (default: the registry's folders)")
+    parser.add_argument("--registry_file", help="the dataset registry (default: DATASET_DIR/datasets.yaml)")
+    parser.add_argument(
+        "--datalist", nargs="+", help="MONAI datalist JSON(s) of the splits (default: the registry's folders)"
+    )
+    parser.add_argument("--init", help="start from this U-Net state dict (a --save of another run)")
+    parser.add_argument("--save", help="write the trained U-Net's state dict here")
     parser.add_argument("--minutes", type=float, default=12.0, help="training budget")
     parser.add_argument("--clock", choices=sorted(CLOCKS), default="wall", help="what the budget counts")
     parser.add_argument("--image_size", type=int, default=160)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import time
 
@@ -30,10 +31,15 @@ def test_a_datalist_gives_its_segmentation_lists_instead_of_the_registry_folders
     assert len(unet_baseline.segmentation_samples(registry, "train")) > len(train)
 
 
-def test_fewer_training_images_than_a_batch_are_refused_before_training(tmp_path) -> None:
+def test_fewer_images_than_a_batch_train_and_saved_weights_start_the_next_run(tmp_path) -> None:
     datalist = write_small_datalist(tmp_path / "datalist.json", {"training": 2, "test": 1})
-    with pytest.raises(ValueError, match="6 training images, fewer than one batch of 16"):
-        unet_baseline.main(["--datalist", str(datalist), "--batch_size", "16", "--threads", "1"])
+    common = ["--datalist", str(datalist), "--batch_size", "16", "--image_size", "32", "--threads", "1"]
+    first, second = tmp_path / "first.json", tmp_path / "second.json"
+    unet_baseline.main([*common, "--minutes", "0.05", "--save", str(tmp_path / "unet.pt"), "--json", str(first)])
+    trained = json.loads(first.read_text())
+    assert trained["iterations"] >= 1  # 6 images, a batch of 16: an epoch still draws one batch
+    unet_baseline.main([*common, "--minutes", "0.01", "--init", str(tmp_path / "unet.pt"), "--json", str(second)])
+    assert json.loads(second.read_text())["untrained"] == trained["trained"]  # it starts where the first ended
 
 
 @pytest.mark.parametrize("input_mode, modes", [("whole", {"whole"}), ("official", {"whole", "local"})])

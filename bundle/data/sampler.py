@@ -174,12 +174,13 @@ def training_sampler(
 ) -> DatasetWeightedSampler:
     """The pretraining sampler: official dataset weights, replayed old samples (``rehearsal: 1``) drawn
     with probability ``rehearsal_share``, and unlabelled samples (``labelled == 0``, listed last) at
-    ``unlabelled_share`` of every batch when there are any."""
+    ``unlabelled_share`` of every batch when there are any. An epoch draws at least one batch (a few
+    labelled images, e.g. when adapting to five, still train)."""
     unlabelled = sum(1 for sample in samples if sample.get("labelled", 1) == 0)
     labelled = samples[: len(samples) - unlabelled]
     weights = labelled_weights(labelled, float(rehearsal_share))
     if not unlabelled:
-        return DatasetWeightedSampler(samples, weights, seed=seed)
+        return DatasetWeightedSampler(samples, weights, num_samples=max(len(samples), batch_size), seed=seed)
     if any(sample.get("labelled", 1) == 0 for sample in labelled):
         raise ValueError("unlabelled samples must follow the labelled ones in the training list")
     return MixedShareSampler(samples, weights, unlabelled, batch_size, float(unlabelled_share), seed)
