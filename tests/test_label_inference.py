@@ -72,6 +72,20 @@ def test_served_masks_are_cleaned_up_as_inference_yaml_says_unless_the_app_switc
         BundleInference(REPO_ROOT, inference.model_path, device="cpu", postprocessing={"smooth": "true"})
 
 
+def test_the_app_serves_through_onnxruntime_when_asked_with_the_same_masks(inference, tmp_path):
+    pytest.importorskip("onnxruntime")
+    eager = inference.predict(IMAGE, {}, tmp_path / "eager")
+    served = BundleInference(
+        REPO_ROOT, inference.model_path, device="cpu", defaults={"organ": "head", "object_type": "organ"},
+        runtime={"backend": "onnxruntime", "num_threads": "1"},
+    )  # fmt: skip
+    exported = served.predict(IMAGE, {}, tmp_path / "exported")
+    assert np.array_equal(np.asarray(Image.open(eager.mask)), np.asarray(Image.open(exported.mask)))
+    assert exported.probabilities == pytest.approx(eager.probabilities, abs=1e-4)
+    with pytest.raises(ValueError, match="unknown runtime options"):
+        BundleInference(REPO_ROOT, inference.model_path, device="cpu", runtime={"engine": "tvm"})
+
+
 def test_request_prompts_override_the_defaults_and_change_the_output(inference, tmp_path):
     head = inference.predict(IMAGE, {}, tmp_path / "a")
     breast = inference.predict(IMAGE, {"organ": "breast", "object_type": "tumor"}, tmp_path / "b")

@@ -12,6 +12,8 @@ options, given as ``--conf KEY VALUE`` (all optional):
 - ``device``: e.g. ``cpu`` or ``cuda:0`` (default: the configs' choice).
 - ``keep_largest_component``, ``fill_holes``: ``true`` / ``false``, the clean-up of served masks
   (default: that of ``configs/inference.yaml``, both on).
+- ``backend`` (``torch`` / ``onnxruntime``), ``quantize`` (``none`` / ``int8``, onnxruntime only),
+  ``num_threads``: how the served network runs (default: that of ``configs/inference.yaml``).
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from fastapi import HTTPException
-from lib.inference import POSTPROCESSING_KEYS, PROMPT_NAMES, BundleInference
+from lib.inference import POSTPROCESSING_KEYS, PROMPT_NAMES, RUNTIME_KEYS, BundleInference
 from lib.infers import PerceptGuideInfer
 from lib.trainers import PerceptGuideTrain
 from lib.training import LabelFineTuner
@@ -60,6 +62,7 @@ class PerceptGuideApp(MONAILabelApp):
             device=device,
             defaults={name: conf.get(name, "") for name in PROMPT_NAMES},
             postprocessing={key: conf[key] for key in POSTPROCESSING_KEYS if key in conf},
+            runtime={key: conf[key] for key in RUNTIME_KEYS if key in conf},
         )
         self.tuner = LabelFineTuner(bundle_root, model_path, device=device)
         super().__init__(

@@ -49,9 +49,22 @@ def test_agreement_counts_equal_mask_pixels_and_the_largest_probability_change()
 def test_script_compares_a_checkpoint_on_the_demo_test_split(tmp_path, capsys):
     configs = [str(REPO_ROOT / "configs" / "evaluate.yaml")]
     checkpoint = write_checkpoint(tmp_path / "model.pt")  # evaluate.yaml builds the network it describes
-    table = bf16_agreement.main(["--config_file", repr(configs), "--ckpt_path", str(checkpoint), "--threads", "1"])
+    table = bf16_agreement.main(["--config_file", repr(configs), "--ckpt_path", str(checkpoint), "--threads", "1"])["bf16"]
     assert set(table) == {"BUSI", "Fetal_HC", "TG3K", "all"}
     for dataset in ("Fetal_HC", "TG3K", "all"):
         assert 0.9 <= table[dataset]["mask_agreement"] <= 1.0, dataset
     assert 0.0 <= table["BUSI"]["max_probability_change"] < 0.1
     assert "| all |" in capsys.readouterr().out
+
+
+def test_onnxruntime_and_int8_are_compared_with_eager_fp32_on_the_demo_test_split(tmp_path, capsys):
+    configs = [str(REPO_ROOT / "configs" / "evaluate.yaml")]
+    checkpoint = write_checkpoint(tmp_path / "model.pt")
+    argv = ["--config_file", repr(configs), "--ckpt_path", str(checkpoint), "--threads", "1"]
+    tables = bf16_agreement.main([*argv, "--variants", "onnxruntime", "int8"])
+    assert set(tables) == {"onnxruntime", "int8"}
+    for dataset in ("BUSI", "Fetal_HC", "TG3K"):  # the exported graph computes what eager does
+        assert tables["onnxruntime"][dataset]["mask_agreement"] >= 0.999, dataset
+        assert 0.5 <= tables["int8"][dataset]["mask_agreement"] <= 1.0, dataset
+    assert tables["onnxruntime"]["BUSI"]["max_probability_change"] < 1e-3
+    assert "| int8 | all |" in capsys.readouterr().out

@@ -30,10 +30,11 @@ from monai.bundle import ConfigParser
 from bundle.data.files import stem_of
 from bundle.hashing import file_digest
 from bundle.networks import BundleCheckpoint, read_checkpoint
+from bundle.workflows.runtimes import runtime_network
 from bundle.prompts import PROMPT_NAME_KEYS, PromptVocabulary
 from bundle.transforms import LoadImage2D
 
-__all__ = ["POSTPROCESSING_KEYS", "PROMPT_NAMES", "BundleInference", "Prediction", "RequestError"]
+__all__ = ["POSTPROCESSING_KEYS", "PROMPT_NAMES", "RUNTIME_KEYS", "BundleInference", "Prediction", "RequestError"]
 
 logger = logging.getLogger(__name__)
 
@@ -41,6 +42,8 @@ logger = logging.getLogger(__name__)
 PROMPT_NAMES: tuple[str, ...] = ("organ", "object_type", "mode")
 # inference.yaml's switches of the mask clean-up, which an app may set (true / false)
 POSTPROCESSING_KEYS: tuple[str, ...] = ("keep_largest_component", "fill_holes")
+# inference.yaml's runtime choices, which an app may set (bundle.workflows.runtimes)
+RUNTIME_KEYS: tuple[str, ...] = ("backend", "quantize", "num_threads")
 
 
 class RequestError(ValueError):
@@ -95,6 +98,8 @@ class BundleInference:
         device: e.g. ``"cpu"`` or ``"cuda:0"``; None keeps the config's choice.
         defaults: prompt names used when a request gives none (request name -> prompt name);
             names not given here come from the config's ``organ`` / ``object_type`` / ``mode``.
+        runtime: inference.yaml's ``backend``, ``quantize`` and ``num_threads`` (``RUNTIME_KEYS``),
+            e.g. ``{"backend": "onnxruntime"}``.
         postprocessing: values of the config's mask clean-up switches (``POSTPROCESSING_KEYS``,
             ``"true"`` / ``"false"``); those not given keep the config's.
 
@@ -111,15 +116,21 @@ class BundleInference:
         device: str | None = None,
         defaults: Mapping[str, str] | None = None,
         postprocessing: Mapping[str, str] | None = None,
+        runtime: Mapping[str, str] | None = None,
     ) -> None:
         self.model_path = Path(model_path)
         unknown = set(postprocessing or {}) - set(POSTPROCESSING_KEYS)
         if unknown:
             raise ValueError(f"unknown post-processing switches {sorted(unknown)}, expected some of {list(POSTPROCESSING_KEYS)}")
+        unknown = set(runtime or {}) - set(RUNTIME_KEYS)
+        if unknown:
+            raise ValueError(f"unknown runtime options {sorted(unknown)}, expected some of {list(RUNTIME_KEYS)}")
         parser = ConfigParser()
         parser.read_config(str(Path(bundle_root) / "configs" / "inference.yaml"))
         parser.update({"bundle_root": str(bundle_root), "ckpt_path": str(self.model_path), "num_workers": 0})
         parser.update(dict(postprocessing or {}))
+        parser.update({key: value if key != "num_threads" else int(value) for key, value in (runtime or {}).items()})
+        self._runtime = {key: parser.get_parsed_content(key) for key in RUNTIME_KEYS}
         if device:
             parser["device"] = f"$torch.device('{device}')"
         self._config = parser.get()
@@ -206,7 +217,11 @@ class BundleInference:
         stamp = (stat.st_ino, stat.st_mtime_ns, stat.st_size)
         if self._served is None or self._served.stamp != stamp:
             checkpoint = read_checkpoint(self.model_path)
-            network = checkpoint.build().to(self._device)
+            runtime = self._runtime
+            network = runtime_network(
+                checkpoint.build(), runtime["backend"], self.model_path, checkpoint.description.image_size,
+                runtime["num_threads"], runtime["quantize"],
+            ).to(self._device)  # fmt: skip
             self._served = _Served(checkpoint, network, stamp, file_digest(self.model_path))
             logger.info("serving %s (sha256 %s)", self.model_path, self._served.digest[:12])
         return self._served

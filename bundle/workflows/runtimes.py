@@ -1,0 +1,149 @@
+"""Inference backends: the network in eager PyTorch, or exported to ONNX and run by ONNX Runtime.
+
+``backend: onnxruntime`` in configs/inference.yaml exports the network once per checkpoint and
+input size (the four prompts are inputs of the graph, so one file serves every organ), caches the
+file beside the checkpoint under the checkpoint's sha256, and runs it with ONNX Runtime's CPU
+provider at the config's thread count. ``quantize: int8`` runs ONNX Runtime's dynamic int8
+quantization of the exported graph's matrix products instead. The graph is exported at batch 1,
+the case of live video; a batch is run image by image.
+
+Config use::
+
+    network: "$bundle.workflows.runtimes.runtime_network(@network_def, @backend, @ckpt_path, @input_size, @num_threads, @quantize)"
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+
+import torch
+from monai.utils import look_up_option, optional_import
+from torch import nn
+
+from bundle.hashing import file_digest
+from bundle.prompts import PROMPT_KEYS
+
+__all__ = ["BACKENDS", "QUANTIZATIONS", "OnnxRuntimeNetwork", "export_onnx", "onnx_model_path", "runtime_network"]
+
+logger = logging.getLogger(__name__)
+BACKENDS = ("torch", "onnxruntime")
+QUANTIZATIONS = ("none", "int8")
+INPUT_NAMES = ("image", *PROMPT_KEYS)
+OUTPUT_NAMES = ("seg_logits", "cls_logits")
+
+
+def onnx_model_path(ckpt_path: str | Path, image_size: int, quantize: str = "none") -> Path:
+    """Where the exported graph of ``ckpt_path`` at ``image_size`` is cached: beside the checkpoint,
+    named by its sha256, or in ``$XDG_CACHE_HOME/perceptguide`` when that folder is not writable."""
+    ckpt_path = Path(ckpt_path)
+    name = f"{ckpt_path.stem}.{file_digest(ckpt_path)[:16]}.{image_size}{'.int8' if quantize == 'int8' else ''}.onnx"
+    folder = ckpt_path.parent
+    if not os.access(folder, os.W_OK):
+        folder = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "perceptguide"
+        folder.mkdir(parents=True, exist_ok=True)
+    return folder / name
+
+
+def export_onnx(network: nn.Module, path: Path, image_size: int) -> Path:
+    """Export ``network`` (image and the four one-hot prompts in, seg and cls logits out) at batch 1
+    to ``path``, atomically (a temporary file, then a rename)."""
+    network = network.eval()
+    image = torch.zeros(1, network.in_channels, image_size, image_size)
+    prompts = {key: torch.zeros(1, size) for key, size in network.prompt_sizes.items()}
+    for prompt in prompts.values():
+        prompt[0, 0] = 1.0
+    handle, partial = tempfile.mkstemp(suffix=".onnx", dir=path.parent)
+    os.close(handle)
+    try:
+        with torch.no_grad():
+            # the trailing {} tells the exporter that the prompts dict is a positional argument
+            torch.onnx.export(
+                network, (image, prompts, {}), partial, dynamo=False,
+                input_names=list(INPUT_NAMES), output_names=list(OUTPUT_NAMES),
+            )  # fmt: skip
+        os.replace(partial, path)
+    finally:
+        Path(partial).unlink(missing_ok=True)
+    return path
+
+
+def quantize_int8(source: Path, path: Path) -> Path:
+    """ONNX Runtime's dynamic int8 quantization of ``source``'s matrix products, written to ``path``."""
+    quantization, _ = optional_import("onnxruntime.quantization")
+    handle, partial = tempfile.mkstemp(suffix=".onnx", dir=path.parent)
+    os.close(handle)
+    try:
+        quantization.quantize_dynamic(str(source), partial, weight_type=quantization.QuantType.QInt8)
+        os.replace(partial, path)
+    finally:
+        Path(partial).unlink(missing_ok=True)
+    return path
+
+
+class OnnxRuntimeNetwork(nn.Module):
+    """A PerceptGuide graph run by ONNX Runtime: called as the network is, ``(image, prompts) -> (seg, cls)``.
+
+    Args:
+        path: the exported graph (:func:`export_onnx`).
+        threads: ONNX Runtime's intra-op threads.
+    """
+
+    def __init__(self, path: str | Path, threads: int = 1) -> None:
+        super().__init__()
+        onnxruntime, found = optional_import("onnxruntime")
+        if not found:
+            raise ImportError("backend 'onnxruntime' needs the onnxruntime package: pip install onnxruntime")
+        options = onnxruntime.SessionOptions()
+        options.intra_op_num_threads = max(int(threads), 1)
+        self.path = Path(path)
+        self.session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+    def forward(self, image: torch.Tensor, prompts: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """image (B, C, H, W), prompts {key: (B, n_k)} -> seg logits (B, K, H, W), cls logits (B, J)."""
+        batch = image.shape[0]
+        expanded = {key: value.expand(batch, -1) if value.dim() == 1 else value for key, value in prompts.items()}
+        seg, cls = [], []
+        for index in range(batch):
+            feeds = {"image": image[index : index + 1].float().cpu().numpy()}
+            feeds |= {key: expanded[key][index : index + 1].float().cpu().numpy() for key in PROMPT_KEYS}
+            seg_logits, cls_logits = self.session.run(list(OUTPUT_NAMES), feeds)
+            seg.append(torch.from_numpy(seg_logits))
+            cls.append(torch.from_numpy(cls_logits))
+        return torch.cat(seg).to(image.device), torch.cat(cls).to(image.device)
+
+
+def runtime_network(
+    network: nn.Module,
+    backend: str,
+    ckpt_path: str | Path,
+    image_size: int,
+    threads: int = 1,
+    quantize: str = "none",
+) -> nn.Module:
+    """``network`` itself for ``backend`` torch; for onnxruntime, its cached (exported on first use,
+    int8-quantized if asked) graph in an :class:`OnnxRuntimeNetwork`.
+
+    Raises:
+        ValueError: an unknown backend or quantization, or int8 with the torch backend.
+    """
+    backend = look_up_option(backend, BACKENDS)
+    quantize = look_up_option(str(quantize).lower(), QUANTIZATIONS)
+    if backend == "torch":
+        if quantize != "none":
+            raise ValueError("quantize 'int8' runs on the onnxruntime backend: add --backend onnxruntime")
+        return network
+    path = onnx_model_path(ckpt_path, image_size, quantize)
+    if not path.is_file():
+        plain = onnx_model_path(ckpt_path, image_size)
+        if not plain.is_file():
+            logger.info("exporting %s at %d² to %s", ckpt_path, image_size, plain)
+            export_onnx(network.cpu(), plain, image_size)
+        if quantize == "int8":
+            logger.info("quantizing %s to int8: %s", plain, path)
+            quantize_int8(plain, path)
+    logger.info("backend onnxruntime: %s, %d threads", path, threads)
+    return OnnxRuntimeNetwork(path, threads)

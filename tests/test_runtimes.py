@@ -1,0 +1,86 @@
+"""Inference backends: the network exported to ONNX and run by ONNX Runtime (fp32 and int8), through
+``monai.bundle run`` as a user runs inference, against eager PyTorch."""
+
+from __future__ import annotations
+
+import csv
+import shutil
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from bundle.hashing import file_digest
+from bundle.networks import read_checkpoint
+from bundle.prompts import DEFAULT_VOCABULARY
+from bundle.workflows.runtimes import OnnxRuntimeNetwork, onnx_model_path, runtime_network
+from tests.bundle_runner import DEMO_DIR, REPO_ROOT, bundle_command, subprocess_env
+from tests.conftest import TINY_SIZE, write_checkpoint
+
+pytest.importorskip("onnxruntime")
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def infer(images, output, checkpoint, *extra: str) -> str:
+    import subprocess
+
+    command = bundle_command(
+        "run", "--config_file", "configs/inference.yaml", "--input_dir", str(images), "--output_dir", str(output),
+        "--organ", "thyroid", "--object_type", "organ", "--ckpt_path", str(checkpoint), *extra,
+    )  # fmt: skip
+    result = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, env=subprocess_env(), timeout=600)
+    assert result.returncode == 0, result.stderr[-4000:]
+    return result.stdout + result.stderr
+
+
+def rows(output) -> list[dict]:
+    return list(csv.DictReader(open(output / "predictions.csv")))
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("images")
+    for source in sorted((DEMO_DIR / "segmentation" / "TG3K" / "imgs").glob("*.png"))[:3]:
+        shutil.copy(source, folder)
+    return folder
+
+
+def test_the_onnxruntime_backend_infers_what_torch_does_and_caches_its_graph_by_the_checkpoint(tmp_path, images):
+    checkpoint = write_checkpoint(tmp_path / "model.pt")
+    infer(images, tmp_path / "torch", checkpoint)
+    log = infer(images, tmp_path / "ort", checkpoint, "--backend", "onnxruntime", "--num_threads", "1")
+    cached = tmp_path / f"model.{file_digest(checkpoint)[:16]}.{TINY_SIZE}.onnx"
+    assert cached.is_file() and "exporting" in log
+    for eager, exported in zip(rows(tmp_path / "torch"), rows(tmp_path / "ort"), strict=True):
+        assert eager["file"] == exported["file"]
+        assert abs(float(eager["p_class0"]) - float(exported["p_class0"])) < 1e-4
+        mask_eager = np.array(Image.open(tmp_path / "torch" / eager["file"]))
+        mask_ort = np.array(Image.open(tmp_path / "ort" / eager["file"]))
+        assert (mask_eager == mask_ort).mean() > 0.999
+    assert "exporting" not in infer(images, tmp_path / "again", checkpoint, "--backend", "onnxruntime")
+
+
+def test_int8_runs_on_onnxruntime_and_is_refused_on_torch(tmp_path, images):
+    checkpoint = write_checkpoint(tmp_path / "model.pt")
+    infer(images, tmp_path / "int8", checkpoint, "--backend", "onnxruntime", "--quantize", "int8")
+    assert len(rows(tmp_path / "int8")) == 3
+    assert (tmp_path / f"model.{file_digest(checkpoint)[:16]}.{TINY_SIZE}.int8.onnx").is_file()
+    with pytest.raises(ValueError, match="quantize 'int8' runs on the onnxruntime backend"):
+        runtime_network(torch.nn.Identity(), "torch", checkpoint, TINY_SIZE, quantize="int8")
+    with pytest.raises(ValueError, match="tensorrt"):
+        runtime_network(torch.nn.Identity(), "tensorrt", checkpoint, TINY_SIZE)
+
+
+def test_the_onnx_graph_takes_the_prompts_so_one_file_serves_every_organ_and_any_batch(tmp_path):
+    checkpoint = write_checkpoint(tmp_path / "model.pt")
+    network = read_checkpoint(checkpoint).build()
+    runner = runtime_network(network, "onnxruntime", checkpoint, TINY_SIZE, threads=1)
+    assert isinstance(runner, OnnxRuntimeNetwork) and runner.path == onnx_model_path(checkpoint, TINY_SIZE)
+    image = torch.rand(3, 3, TINY_SIZE, TINY_SIZE)
+    names = [("breast", "tumor"), ("thyroid", "organ"), ("head", "organ")]
+    encoded = [DEFAULT_VOCABULARY.encode({"position": o, "task": "segmentation", "mode": "whole", "type": t}) for o, t in names]
+    prompts = {key: torch.stack([e[key] for e in encoded]) for key in encoded[0]}
+    with torch.no_grad():
+        for expected, got in zip(network(image, prompts), runner(image, prompts)):
+            assert expected.shape == got.shape and (expected - got).abs().max() < 1e-4
