@@ -9,6 +9,7 @@ one run per cell, as ``make demo`` adapts the shipped model to both.
 
 Cells (a method at N labelled images per dataset and a seed); each stage is one subprocess:
 
+- ``shipped``: ``--init_ckpt`` as it is, evaluated once (N = 0: what adaptation starts from);
 - ``sync``, ``norms``, ``decoders``, ``finetune``: pretrain.yaml + cpu.yaml + finetune.yaml from
   ``--init_ckpt`` with ``trainable`` prompts (the paper's sync), norms, decoders or all;
 - ``rehearsal``: ``finetune`` replaying the demo datasets (``rehearsal_registry_file``);
@@ -77,8 +78,8 @@ PROMPTS: dict[str, tuple[str, str]] = {"mmotu": ("ovary", "tumor"), "busbra": ("
 # adaptation method -> trainable parts; "rehearsal" is "finetune" replaying the demo datasets
 PARTS: dict[str, str] = {"sync": "prompts", "norms": "norms", "decoders": "decoders", "finetune": "all", "rehearsal": "all"}
 PART_METHODS = ("norms", "decoders")
-SCRATCH, UNET, UNET_TRANSFER = "scratch", "unet", "unet-transfer"
-METHODS = ("sync", "norms", "decoders", "finetune", "rehearsal", SCRATCH, UNET, UNET_TRANSFER)
+SHIPPED, SCRATCH, UNET, UNET_TRANSFER = "shipped", "scratch", "unet", "unet-transfer"
+METHODS = (SHIPPED, "sync", "norms", "decoders", "finetune", "rehearsal", SCRATCH, UNET, UNET_TRANSFER)
 ADAPT_CONFIGS = ("configs/pretrain.yaml", "configs/cpu.yaml", "configs/finetune.yaml")
 SCRATCH_CONFIGS = ("configs/pretrain.yaml", "configs/cpu.yaml", "configs/shipped.yaml")
 EVAL_CONFIGS = ("configs/evaluate.yaml",)
@@ -166,17 +167,34 @@ class Planner:
         self.unet_start = Path(args.unet_init).resolve() if args.unet_init else self.work / "unet-pretrain" / "unet.pt"
         if UNET_TRANSFER in args.methods and not args.unet_init:
             self.unet_pretrain()
+        if SHIPPED in args.methods:
+            self.shipped_cell()
         for count in args.counts:
             for seed in args.seeds if count in (args.seed_counts or args.counts) else args.seeds[:1]:
                 training, labelled = nested_subset(train, count, seed)
                 datalist = self.work / "subsets" / f"seed{seed}" / f"n{count}.json"
                 self.datalists[datalist] = {"training": training, "validation": test, "test": test}
-                for method in [m for m in METHODS if m in args.methods]:
+                for method in [m for m in METHODS if m in args.methods and m != SHIPPED]:
                     if method in PART_METHODS and count != args.parts_count:
                         continue
                     if seed != args.seeds[0] and args.seed_methods and method not in args.seed_methods:
                         continue
                     self.cells.append(self.cell(method, count, seed, labelled, datalist))
+
+    def shipped_cell(self) -> None:
+        """The starting checkpoint on the test split (and the demo one with ``--forgetting``), untrained here."""
+        datalist = self.work / "subsets" / "shipped.json"
+        self.datalists[datalist] = {"training": [], "validation": self.test, "test": self.test}
+        cell = Cell(SHIPPED, 0, 0, {})
+        folder = self.work / "cells" / SHIPPED
+        for name, data in (("test", {"registry_file": self.registry, "datalist": datalist}), ("forgetting", {"dataset_dir": DEMO_DATA})):
+            if name == "forgetting" and not self.args.forgetting:
+                continue
+            key = f"{SHIPPED}/{name}"
+            overrides = {**data, "split": "test", "ckpt_path": self.init_ckpt, "eval_dir": folder / name}
+            self.stages[key] = Stage(key, f"evaluate {self.init_ckpt.name} ({name})", bundle_run(self.eval_configs, overrides), folder / name)
+            cell.results[name] = folder / name / "metrics.csv"
+        self.cells.append(cell)
 
     def unet_pretrain(self) -> None:
         folder = self.work / "unet-pretrain"
@@ -293,7 +311,11 @@ def plot(rows: Sequence[Mapping], path: Path) -> None:
 
     datasets = sorted({d for r in rows for d in r["dice"]})
     figure, axes = plt.subplots(1, len(datasets), figsize=(4.2 * len(datasets), 3.6), sharey=True, squeeze=False)
-    for method in [m for m in METHODS if m not in PART_METHODS]:
+    for row in rows:
+        if row["method"] == SHIPPED:
+            for axis, dataset in zip(axes[0], datasets):
+                axis.axhline(row["dice"][dataset], linestyle="--", color="gray", label="shipped, not adapted")
+    for method in [m for m in METHODS if m not in (*PART_METHODS, SHIPPED)]:
         for axis, dataset in zip(axes[0], datasets):
             points: dict[int, list[float]] = defaultdict(list)
             for row in rows:
@@ -306,7 +328,7 @@ def plot(rows: Sequence[Mapping], path: Path) -> None:
                 axis.errorbar(counts, means, yerr=errors, marker="o", capsize=3, label=method)
     for axis, dataset in zip(axes[0], datasets):
         axis.set_xscale("log")
-        counts = sorted({r["count"] for r in rows})
+        counts = sorted({r["count"] for r in rows if r["method"] != SHIPPED})
         axis.set_xticks(counts, [str(n) for n in counts])
         axis.minorticks_off()
         axis.set_title(dataset)
@@ -365,7 +387,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 def report(rows: Sequence[Mapping], args: argparse.Namespace) -> None:
     """Print the tables of ``rows``; write them with ``--markdown`` and the plot with ``--plot``."""
-    counts = sorted({row["count"] for row in rows if row["forgetting"]})
+    counts = sorted({row["count"] for row in rows if row["forgetting"] and row["method"] != SHIPPED})
     text = table(rows) + f"\n\nForgetting: demo test split after adapting at N = {counts}\n\n" + table(rows, "forgetting")
     print(f"\n{text}\n")
     if args.markdown:

@@ -56,6 +56,8 @@ def test_each_method_trains_what_it_says_and_the_unet_gets_the_finetune_budget(t
     assert "--init" in transfer.command and "unet-pretrain" in transfer.needs
     assert {"finetune/n10/seed1", "unet/n10/seed1"} <= set(stages) and "sync/n10/seed1" not in stages
     assert "sync/n40/seed0/forgetting" in stages and "sync/n10/seed0/forgetting" not in stages
+    shipped = _overrides(stages["shipped/test"].command)  # N = 0: the start, evaluated as it is
+    assert shipped["ckpt_path"] == str(planner.init_ckpt) and "shipped/forgetting" in stages
     test_lists = {json.dumps(splits["test"], sort_keys=True) for splits in planner.datalists.values()}
     assert len(test_lists) == 1  # every cell is scored on the same held-out images
     (test,) = [splits["test"] for splits in planner.datalists.values()][:1]
