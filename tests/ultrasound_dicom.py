@@ -19,24 +19,30 @@ def rgb_to_ybr_full(rgb: np.ndarray) -> np.ndarray:
     return np.clip(np.rint(np.stack([y, cb, cr], -1)), 0, 255).astype(np.uint8)
 
 
-def write_dicom(path: Path, pixels: np.ndarray, photometric: str | None = None) -> Path:
-    """An Ultrasound Image Storage file of ``pixels``: (H, W) uint8 / uint16 gray or (H, W, 3) uint8 RGB.
+def write_dicom(path: Path, pixels: np.ndarray, photometric: str | None = None, frames: int = 0) -> Path:
+    """An Ultrasound Image Storage file of ``pixels``: (H, W) uint8 / uint16 gray or (H, W, 3) uint8 RGB;
+    with ``frames`` T > 0, a cine loop (Ultrasound Multi-frame Image Storage) of (T, H, W) gray pixels.
 
     ``photometric="YBR_FULL"`` stores RGB pixels converted to YBR, as many scanners do.
     """
     from pydicom.dataset import Dataset, FileMetaDataset
-    from pydicom.uid import ExplicitVRLittleEndian, UltrasoundImageStorage, generate_uid
+    from pydicom.uid import ExplicitVRLittleEndian, UltrasoundImageStorage, UltrasoundMultiFrameImageStorage, generate_uid
 
-    photometric = photometric or ("MONOCHROME2" if pixels.ndim == 2 else "RGB")
+    if frames:
+        assert pixels.shape[0] == frames and pixels.ndim == 3, "a cine loop is (T, H, W) gray"
+    photometric = photometric or ("MONOCHROME2" if pixels.ndim == 2 or frames else "RGB")
     stored = rgb_to_ybr_full(pixels) if photometric == "YBR_FULL" else pixels
     bits = 16 if pixels.dtype == np.uint16 else 8
     meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID = UltrasoundImageStorage, generate_uid()
+    storage = UltrasoundMultiFrameImageStorage if frames else UltrasoundImageStorage
+    meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID = storage, generate_uid()
     meta.TransferSyntaxUID = ExplicitVRLittleEndian
     ds = Dataset()
     ds.file_meta, ds.SOPClassUID = meta, meta.MediaStorageSOPClassUID
     ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
-    ds.Modality, (ds.Rows, ds.Columns) = "US", pixels.shape[:2]
+    ds.Modality, (ds.Rows, ds.Columns) = "US", pixels.shape[1:3] if frames else pixels.shape[:2]
+    if frames:
+        ds.NumberOfFrames = frames
     ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = bits, bits, bits - 1, 0
     ds.SamplesPerPixel = PHOTOMETRICS[photometric]
     ds.PhotometricInterpretation = photometric

@@ -15,6 +15,7 @@ from monai.config import KeysCollection
 from monai.data import ImageReader, MetaTensor, NibabelReader, PILReader, PydicomReader
 from monai.transforms import LoadImage, MapTransform, Transform
 
+from bundle.data.cine import STILL, read_frame
 from bundle.data.files import DICOM_SUFFIXES, IMAGE_SUFFIXES, NATURAL_SUFFIXES, NIFTI_SUFFIXES
 
 
@@ -43,14 +44,18 @@ class LoadImage2D(Transform):
         # one registered reader: by default LoadImage instantiates every installed reader
         self.loader = LoadImage(PILReader(reverse_indexing=False), image_only=True, dtype=None)
 
-    def __call__(self, path: str | Path) -> MetaTensor:
+    def __call__(self, path: str | Path, frame: int = STILL) -> MetaTensor:
+        """(C, H, W) of the image at ``path``, or of frame ``frame`` (>= 0) of the cine loop there."""
         reader = reader_for(path)
         if not Path(path).is_file():
             raise FileNotFoundError(f"image file not found: {path}")
-        try:
-            image = self.loader(str(path), reader=reader)
-        except Exception as err:  # any reader failure means the file cannot be used
-            raise ValueError(f"cannot read image file {path}: {type(err).__name__}: {err}") from err
+        if frame >= 0:
+            image = MetaTensor(torch.as_tensor(read_frame(path, frame)), meta={"filename_or_obj": str(path)})
+        else:
+            try:
+                image = self.loader(str(path), reader=reader)
+            except Exception as err:  # any reader failure means the file cannot be used
+                raise ValueError(f"cannot read image file {path}: {type(err).__name__}: {err}") from err
         channel_dim = image.meta.get("original_channel_dim")
         if image.ndim == 2:
             image = image[None]
@@ -62,15 +67,16 @@ class LoadImage2D(Transform):
             raise ValueError(f"{path}: expected a 2D image (H, W[, C]), got array shape {tuple(image.shape)}")
         if min(image.shape[1:]) < 2:
             raise ValueError(f"{path}: expected a 2D image (H, W[, C]), got array shape {tuple(image.shape)}")
-        return _two_d_meta(image)
+        return _two_d_meta(image, frame)
 
 
-def _two_d_meta(image: MetaTensor) -> MetaTensor:
+def _two_d_meta(image: MetaTensor, frame: int = STILL) -> MetaTensor:
     """Metadata that says the same of every 2D image, whatever its file type and channels.
 
     Readers describe an RGB DICOM as (H, W, 3) and a gray one as (H, W); such lists of other
     lengths cannot be collated, so one batch of mixed files would fail. Only what the inverse
-    transforms and the writers use is kept, in one form: a (C, H, W) image of spatial shape (H, W).
+    transforms and the writers use is kept, in one form: a (C, H, W) image of spatial shape (H, W),
+    and ``frame``, its index in a cine loop (``STILL`` for a still image).
     """
     meta = image.meta
     spacing = meta.get("spacing")
@@ -82,6 +88,7 @@ def _two_d_meta(image: MetaTensor) -> MetaTensor:
         "spatial_shape": tuple(image.shape[1:]),
         "original_channel_dim": 0,
         "spacing": tuple(float(s) for s in spacing[:2]) if spacing is not None else (1.0, 1.0),
+        "frame": int(frame),
     }
     return image
 
@@ -119,7 +126,10 @@ class LoadUltrasoundd(MapTransform):
     def __call__(self, data: Mapping[Hashable, object]) -> dict:
         d = dict(data)
         for key in self.key_iterator(d):
-            array = self.read(d[key])
+            frame = int(d.get("frame", STILL)) if key == self.image_key else STILL
+            array = self.read(d[key], frame)
+            if key == self.image_key:
+                array.meta["frames"] = int(d.get("frames", 0))  # the loop's length, for the writer
             d[key] = self._image(array) if key == self.image_key else self._mask(array, d[key], key)
         return d
 

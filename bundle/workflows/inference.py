@@ -16,11 +16,13 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import torch
+from PIL import Image
 from ignite.engine import Engine, Events
 from monai.data import MetaTensor, decollate_batch
 from monai.transforms import Compose, FillHoles, Invertd, KeepLargestConnectedComponent
 from monai.utils import CommonKeys as Keys
 
+from bundle.data.cine import STILL, expand_cine
 from bundle.data.files import NIFTI_SUFFIXES, folder_samples, stem_of
 from bundle.flags import as_flag
 from bundle.transforms.io import LoadImage2D, to_unit_range
@@ -61,17 +63,19 @@ def collect_images(input_dir: str | Path | None = None, datalist: str | Path | N
 
 
 def readable_samples(samples: Sequence[dict]) -> list[dict]:
-    """The samples whose image file loads; each one that does not is logged with its reason and dropped.
+    """The samples whose image loads, a cine loop as one sample per frame (:func:`bundle.data.cine.expand_cine`);
+    each image or frame that does not load is logged with its reason and dropped.
 
-    Checking before the run lets a batch run lose only the bad files instead of stopping.
+    Checking before the run lets a batch run lose only the bad files (or frames) instead of stopping.
     """
     load = LoadImage2D()
     kept = []
+    samples = expand_cine(samples)
     for sample in samples:
         try:
-            load(sample["image"])
+            load(sample["image"], sample["frame"])
         except (OSError, ValueError) as err:
-            logger.error("skipping %s: %s", sample["image"], err)
+            logger.error("skipping %s: %s", sample["image"] if sample["frame"] == STILL else f"frame {sample['frame']}", err)
             continue
         kept.append(sample)
     skipped = len(samples) - len(kept)
@@ -110,7 +114,11 @@ class PredictionWriter:
     Outputs in ``output_dir``: ``<stem>.png`` (or ``<stem>.nii.gz`` for NIfTI input) with 0/255
     for a binary model and class indices otherwise, ``<stem>_overlay.png``, and
     ``predictions.csv`` with columns file, ``p_<class>`` per classification class and
-    ``foreground_pixels``.
+    ``foreground_pixels``. A cine loop (frames of one file, :mod:`bundle.data.cine`) gives one
+    ``<stem>.nii.gz`` mask volume of the input's shape (and, for NIfTI, affine), voxel (i, j, t)
+    labelling input voxel (i, j, t) (a frame that could not be read stays 0), an animated
+    ``<stem>_overlay.gif``, and a CSV row per frame (a ``frame`` column); the log gives the frames
+    per second of the run.
 
     Args:
         output_dir: destination folder.
@@ -132,15 +140,18 @@ class PredictionWriter:
         self.invert = Invertd("pred", transform=preprocessing, orig_keys="image", nearest_interp=False)
         self.class_names = list(class_names)
         self.rows: list[dict] = []
+        self.loops: dict[Path, dict] = {}  # cine source -> {"frames": T, "masks": {t: mask}, "overlays": {t: rgb}}
+        self.classes = 2
         self.load = LoadImage2D()
 
     def attach(self, engine: Engine) -> None:
-        engine.add_event_handler(Events.STARTED, lambda _: self.rows.clear())
+        engine.add_event_handler(Events.STARTED, lambda _: (self.rows.clear(), self.loops.clear()))
         engine.add_event_handler(Events.ITERATION_COMPLETED, self.write_batch)
         engine.add_event_handler(Events.COMPLETED, self.write_table)
 
     def write_batch(self, engine: Engine) -> None:
         seg_logits, cls_logits = engine.state.output[Keys.PRED]
+        self.classes = seg_logits.shape[1]
         probabilities = torch.softmax(cls_logits.float(), 1).cpu()
         for i, sample in enumerate(decollate_batch(engine.state.batch)):
             image = sample["image"]
@@ -150,10 +161,17 @@ class PredictionWriter:
                 mask = torch.as_tensor(self.postprocessing(mask))
             mask = mask[0].numpy().astype(np.uint8)
             source = Path(str(image.meta["filename_or_obj"]))
-            self._write_mask(mask, source, seg_logits.shape[1])
-            original = to_unit_range(self.load(source)).numpy()
-            save_png(overlay(original, mask), self.output_dir / f"{stem_of(source)}_overlay.png")
-            row = {"file": source.name}
+            frame = int(image.meta.get("frame", STILL))
+            original = to_unit_range(self.load(source, frame)).numpy()
+            if frame == STILL:
+                self._write_mask(mask, source, seg_logits.shape[1])
+                save_png(overlay(original, mask), self.output_dir / f"{stem_of(source)}_overlay.png")
+                row = {"file": source.name}
+            else:
+                loop = self.loops.setdefault(source, {"frames": int(image.meta["frames"]), "masks": {}, "overlays": {}})
+                loop["masks"][frame] = mask
+                loop["overlays"][frame] = overlay(original, mask)
+                row = {"file": source.name, "frame": frame}
             row.update({f"p_{name}": round(float(p), 6) for name, p in zip(self.class_names, probabilities[i])})
             row["foreground_pixels"] = int((mask > 0).sum())
             self.rows.append(row)
@@ -161,18 +179,39 @@ class PredictionWriter:
     def _write_mask(self, mask: np.ndarray, source: Path, classes: int) -> None:
         values = mask * 255 if classes == 2 else mask
         stem = stem_of(source)
+        self.output_dir.mkdir(parents=True, exist_ok=True)
         if source.name.lower().endswith(NIFTI_SUFFIXES):
             affine = nib.load(str(source)).affine
             nib.save(nib.Nifti1Image(values.astype(np.uint8), affine), self.output_dir / f"{stem}.nii.gz")
         else:
             save_png(values.astype(np.uint8), self.output_dir / f"{stem}.png")
 
+    def _write_loop(self, source: Path, loop: dict, classes: int) -> None:
+        """The loop's mask volume (H, W, T) and its animated overlay."""
+        first = next(iter(loop["masks"].values()))
+        volume = np.zeros((*first.shape, loop["frames"]), np.uint8)
+        for frame, mask in loop["masks"].items():
+            volume[..., frame] = mask * 255 if classes == 2 else mask
+        missing = sorted(set(range(loop["frames"])) - set(loop["masks"]))
+        if missing:
+            logger.error("%s: frames %s could not be read; they are 0 in the mask volume", source, missing)
+        affine = nib.load(str(source)).affine if source.name.lower().endswith(NIFTI_SUFFIXES) else np.eye(4)
+        stem = stem_of(source)
+        nib.save(nib.Nifti1Image(volume, affine), self.output_dir / f"{stem}.nii.gz")
+        frames = [Image.fromarray(loop["overlays"][t]) for t in sorted(loop["overlays"])]
+        frames[0].save(self.output_dir / f"{stem}_overlay.gif", save_all=True, append_images=frames[1:], duration=40, loop=0)
+
     def write_table(self, engine: Engine) -> None:
         self.output_dir.mkdir(parents=True, exist_ok=True)
+        for source, loop in self.loops.items():
+            self._write_loop(source, loop, self.classes)
         path = self.output_dir / "predictions.csv"
-        fields = ["file", *[f"p_{name}" for name in self.class_names], "foreground_pixels"]
+        frame_column = ["frame"] if self.loops else []
+        fields = ["file", *frame_column, *[f"p_{name}" for name in self.class_names], "foreground_pixels"]
         with open(path, "w", newline="", encoding="utf-8") as handle:
             writer = csv.DictWriter(handle, fieldnames=fields)
             writer.writeheader()
-            writer.writerows(sorted(self.rows, key=lambda row: row["file"]))
-        logger.info("wrote %d masks, overlays and %s", len(self.rows), path)
+            writer.writerows(sorted(self.rows, key=lambda row: (row["file"], row.get("frame", STILL))))
+        seconds = engine.state.times.get(Events.EPOCH_COMPLETED.name)
+        rate = f", {len(self.rows) / seconds:.1f} frames/s" if seconds else ""
+        logger.info("wrote %d masks, overlays and %s%s", len(self.rows), path, rate)

@@ -1,0 +1,83 @@
+"""Cine loops: a 3-D NIfTI (H, W, T) or a multi-frame DICOM, read one 2D frame at a time.
+
+Inference expands such a file into one sample per frame (``frame`` its index, ``frames`` the
+loop's length); :class:`bundle.transforms.io.LoadImage2D` reads the frame, and
+:class:`bundle.workflows.inference.PredictionWriter` puts the frames' masks back into a volume of
+the input's shape whose voxel (i, j, t) labels input voxel (i, j, t). A still image has
+``frame`` -1. A NIfTI frame is sliced from the file's data object (an uncompressed file is not
+read whole); a DICOM loop is decoded once and kept while its frames are read.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Sequence
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pydicom
+
+from bundle.data.files import DICOM_SUFFIXES, NIFTI_SUFFIXES
+
+__all__ = ["STILL", "cine_frame_count", "expand_cine", "read_frame"]
+
+# the ``frame`` of a still image
+STILL = -1
+# a NIfTI whose third axis is this long or shorter holds channels (gray + alpha, RGB, RGBA), not frames
+_MAX_CHANNELS = 4
+
+
+def cine_frame_count(path: str | Path) -> int:
+    """The number of frames of a cine loop at ``path``; 0 for a still image or a file that does not open
+    (the image loader then names the problem)."""
+    name = str(path).lower()
+    try:
+        if name.endswith(NIFTI_SUFFIXES):
+            shape = nib.load(str(path)).shape
+            return shape[2] if len(shape) == 3 and shape[2] > _MAX_CHANNELS else 0
+        if name.endswith(DICOM_SUFFIXES):
+            frames = int(getattr(pydicom.dcmread(str(path), stop_before_pixels=True), "NumberOfFrames", 1) or 1)
+            return frames if frames > 1 else 0
+    except Exception:  # noqa: BLE001 - unreadable here means "not a loop we can expand"
+        return 0
+    return 0
+
+
+@functools.lru_cache(maxsize=1)
+def _dicom_frames(path: str) -> np.ndarray:
+    """Every frame of a multi-frame DICOM, (T, H, W[, C]); the last loop read is kept."""
+    return pydicom.dcmread(path).pixel_array
+
+
+def read_frame(path: str | Path, frame: int) -> np.ndarray:
+    """Frame ``frame`` of the cine loop at ``path``: (H, W) or (H, W, C), the stored dtype.
+
+    Raises:
+        ValueError: naming the file and the frame, when it cannot be read or is out of range.
+    """
+    name = str(path).lower()
+    try:
+        if name.endswith(NIFTI_SUFFIXES):
+            image = nib.load(str(path))
+            if not 0 <= frame < image.shape[2]:
+                raise IndexError(f"the loop has {image.shape[2]} frames")
+            return np.asarray(image.dataobj[:, :, frame])
+        frames = _dicom_frames(str(path))
+        if not 0 <= frame < frames.shape[0]:
+            raise IndexError(f"the loop has {frames.shape[0]} frames")
+        return np.asarray(frames[frame])
+    except Exception as err:  # any reader failure means the frame cannot be used
+        raise ValueError(f"cannot read frame {frame} of {path}: {type(err).__name__}: {err}") from err
+
+
+def expand_cine(samples: Sequence[dict]) -> list[dict]:
+    """Each cine loop as one sample per frame (``frame``, ``frames``); still images get ``frame`` -1, ``frames`` 0."""
+    expanded = []
+    for sample in samples:
+        frames = cine_frame_count(sample["image"])
+        if frames:
+            expanded += [{**sample, "frame": t, "frames": frames} for t in range(frames)]
+        else:
+            expanded.append({**sample, "frame": STILL, "frames": 0})
+    return expanded
