@@ -21,8 +21,9 @@ Cells (a method at N labelled images per dataset and a seed); each stage is one 
 ``norms`` and ``decoders`` run at ``--parts_count`` only (which parts must learn); ``--seed_counts``
 (and ``--seed_methods``) run with every seed. Every PerceptGuide stage takes ``--steps`` optimisation steps; a U-Net cell
 gets the CPU seconds of the ``finetune`` stage of its subset. Test Dice (per image, empty ground
-truth excluded) at each network's input size: evaluate.yaml for PerceptGuide, the U-Net tool's own
-(the same metric code). With ``--forgetting``, each adapted checkpoint at ``--parts_count`` is also
+truth excluded) at each network's input size, each test image letterboxed whole as the inference
+command sees it (``--geometry``; the official centre crop cuts lesions at the border): evaluate.yaml
+for PerceptGuide, the U-Net tool's own (the same metric code). With ``--forgetting``, each adapted checkpoint at ``--parts_count`` is also
 evaluated on the demo test split (the datasets it was trained on before).
 
 ``--unet_init`` gives the transfer cells a demo-trained U-Net (``unet-pretrain/unet.pt`` of another
@@ -191,7 +192,7 @@ class Planner:
             if name == "forgetting" and not self.args.forgetting:
                 continue
             key = f"{SHIPPED}/{name}"
-            overrides = {**data, "split": "test", "ckpt_path": self.init_ckpt, "eval_dir": folder / name}
+            overrides = {**data, "split": "test", "geometry": self.args.geometry, "ckpt_path": self.init_ckpt, "eval_dir": folder / name}
             self.stages[key] = Stage(key, f"evaluate {self.init_ckpt.name} ({name})", bundle_run(self.eval_configs, overrides), folder / name)
             cell.results[name] = folder / name / "metrics.csv"
         self.cells.append(cell)
@@ -240,7 +241,7 @@ class Planner:
 
     def evaluation(self, cell: Cell, folder: Path, name: str, data: Mapping[str, object]) -> None:
         key = f"{cell.train}/{name}"
-        overrides = {**data, "split": "test", "ckpt_path": folder / "models" / "model.pt", "eval_dir": folder / name}
+        overrides = {**data, "split": "test", "geometry": self.args.geometry, "ckpt_path": folder / "models" / "model.pt", "eval_dir": folder / name}
         self.stages[key] = Stage(key, f"evaluate {cell.train} ({name})", bundle_run(self.eval_configs, overrides), folder / name, (cell.train,))
         cell.results[name] = folder / name / "metrics.csv"
 
@@ -252,7 +253,7 @@ class Planner:
         command = [
             sys.executable, "-m", "benchmarks.unet_baseline", "--registry_file", str(self.registry),
             "--datalist", str(datalist), "--seed", str(cell.seed), "--clock", "process",
-            "--threads", str(self.args.threads), "--json", str(result),
+            "--threads", str(self.args.threads), "--geometry", self.args.geometry, "--json", str(result),
         ]  # fmt: skip
         needs: tuple[str, ...] = (budget,)
         if cell.method == UNET_TRANSFER:
@@ -374,6 +375,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--unet_transfer_lr", type=float, default=3e-4)
     parser.add_argument("--unet_init", help="the demo-trained U-Net of the transfer cells (default: trained first)")
     parser.add_argument("--tables", nargs="+", help="only print (and --markdown, --plot) the tables of these results.json files")
+    parser.add_argument(
+        "--geometry", choices=["crop", "letterbox"], default="letterbox",
+        help="of the test images: letterbox (the whole image, as inference sees it) or the official centre crop",
+    )  # fmt: skip
     parser.add_argument("--forgetting", action="store_true", help="also evaluate the adapted models on the demo test split")
     parser.add_argument("--train_config", nargs="+", default=[], help="config files layered on every training stage")
     parser.add_argument("--eval_config", nargs="+", default=[], help="config files layered on evaluate.yaml")

@@ -141,7 +141,8 @@ def run(args: argparse.Namespace) -> dict:
         # at least one batch per epoch: a few images (fewer than a batch) still train
         sampler=weighted_sampler(train, seed=args.seed, num_samples=max(len(train), args.batch_size)),
     )
-    test_loader = DataLoader(Dataset(test, val_transforms(args.image_size, registry)), batch_size=16, shuffle=False)
+    test_chain = val_transforms(args.image_size, registry, geometry=args.geometry)
+    test_loader = DataLoader(Dataset(test, test_chain), batch_size=16, shuffle=False)
 
     network = build_unet(classes)
     if args.init:
@@ -207,6 +208,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--batch_size", type=int, default=16)
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--input_mode", choices=INPUT_MODES, default="whole")
+    parser.add_argument("--geometry", choices=["crop", "letterbox"], default="crop", help="of the test images (evaluate.yaml's)")
     parser.add_argument("--split", default="test")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
