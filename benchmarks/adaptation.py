@@ -19,12 +19,13 @@ Cells (a method at N labelled images per dataset and a seed); each stage is one 
   then fine-tuned on the N images.
 
 ``norms`` and ``decoders`` run at ``--parts_count`` only (which parts must learn); ``--seed_counts``
-(and ``--seed_methods``) run with every seed. Every PerceptGuide stage takes ``--steps`` optimisation steps; a U-Net cell
-gets the CPU seconds of the ``finetune`` stage of its subset. Test Dice (per image, empty ground
-truth excluded) at each network's input size, each test image letterboxed whole as the inference
-command sees it (``--geometry``; the official centre crop cuts lesions at the border): evaluate.yaml
-for PerceptGuide, the U-Net tool's own (the same metric code). With ``--forgetting``, each adapted checkpoint at ``--parts_count`` is also
-evaluated on the demo test split (the datasets it was trained on before).
+(and ``--seed_methods``) run with every seed. Every PerceptGuide stage takes ``--steps`` optimisation
+steps; a U-Net cell gets the CPU seconds of the ``finetune`` stage of its subset (``rehearsal``
+where there is none). Test Dice (per image, empty ground truth excluded) at each network's input
+size, each test image letterboxed whole as the inference command sees it (``--geometry``; the
+official centre crop cuts lesions at the border): evaluate.yaml for PerceptGuide, the U-Net tool's
+own (the same metric code). With ``--forgetting``, each adapted checkpoint at ``--parts_count`` is
+also evaluated on the demo test split (the datasets it was trained on before).
 
 ``--unet_init`` gives the transfer cells a demo-trained U-Net (``unet-pretrain/unet.pt`` of another
 study) instead of training one; ``--tables A/results.json B/results.json`` reports studies run apart
@@ -246,9 +247,10 @@ class Planner:
         cell.results[name] = folder / name / "metrics.csv"
 
     def unet_stage(self, cell: Cell, folder: Path, datalist: Path, where: str) -> None:
-        budget = f"finetune/n{cell.count}/seed{cell.seed}"
-        if budget not in self.stages:
-            raise ValueError(f"{where}: its CPU budget is the finetune cell's; add the finetune method")
+        budgets = [f"{method}/n{cell.count}/seed{cell.seed}" for method in ("finetune", "rehearsal")]
+        budget = next((key for key in budgets if key in self.stages), None)
+        if budget is None:
+            raise ValueError(f"{where}: its CPU budget is the finetune (or rehearsal) cell's; add one of those methods")
         result = folder / "unet.json"
         command = [
             sys.executable, "-m", "benchmarks.unet_baseline", "--registry_file", str(self.registry),
