@@ -95,9 +95,11 @@ def adapt(start: Path, adapt_dir: Path, epochs: str) -> dict[str, tuple[float, f
     """Adapt ``start`` to the new datasets (with rehearsal of the demo ones) into ``models/model.pt``;
     dataset -> (Dice before, Dice after) on the new datasets' images and the demo test split."""
     registry, datalists = adaptation_data(adapt_dir)
-    new_data = {"registry_file": str(registry), "datalist": repr([str(p) for p in datalists]), "split": "train"}
+    # every image whole, as the inference command sees it (the official centre crop cuts lesions at the border)
+    whole = {"geometry": "letterbox"}
+    new_data = {"registry_file": str(registry), "datalist": repr([str(p) for p in datalists]), "split": "train", **whole}
     before = evaluate("before: the start on the new datasets' images", start, WORK / "eval_new_before", **new_data)
-    before_old = evaluate("before: the start on the demo test split", start, WORK / "eval_old_before")
+    before_old = evaluate("before: the start on the demo test split", start, WORK / "eval_old_before", **whole)
     ckpt_dir = WORK / "adapted"
     shutil.rmtree(ckpt_dir, ignore_errors=True)
     overrides = {
@@ -110,7 +112,7 @@ def adapt(start: Path, adapt_dir: Path, epochs: str) -> dict[str, tuple[float, f
     shutil.copyfile(ckpt_dir / "model.pt", partial)
     partial.replace(ADAPTED)
     after = evaluate("after: models/model.pt on the new datasets' images", ADAPTED, WORK / "eval_new_after", **new_data)
-    after_old = evaluate("after: models/model.pt on the demo test split", ADAPTED, WORK / "eval_old_after")
+    after_old = evaluate("after: models/model.pt on the demo test split", ADAPTED, WORK / "eval_old_after", **whole)
     return {name: (value, after[name]) for name, value in before.items()} | {
         name: (value, after_old[name]) for name, value in before_old.items()
     }
@@ -174,8 +176,8 @@ def main() -> None:
     print()
     print((eval_dir / "metrics.md").read_text())
     if changes:
-        print("Adaptation (mean Dice per image at the input size; new datasets: their labelled images, all trained on;")
-        print("old datasets: the demo test split)\n")
+        print("Adaptation (mean Dice per image at the input size, each image letterboxed whole; new datasets: their")
+        print("labelled images, all trained on; old datasets: the demo test split)\n")
         print("| dataset | before | after |\n|---|---|---|")
         for name, (before, after) in changes.items():
             print(f"| {name} | {before:.3f} | {after:.3f} |")
