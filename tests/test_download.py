@@ -124,7 +124,7 @@ def release(server, tmp_path_factory) -> Release:
         shutil.copyfile(REPO_ROOT / member, source / member)
     _write_weights(source / WEIGHTS)
     (served / "weights").mkdir()
-    shutil.copyfile(source / WEIGHTS, served / "weights" / "model.pt")
+    shutil.copyfile(source / WEIGHTS, served / "weights" / Path(WEIGHTS).name)
     result = run(
         sys.executable, PACK_SCRIPT, "--root", source, "--dist-dir", served / "dist",
         "--weights", WEIGHTS, "--base-url", f"{base_url}/weights",
@@ -185,7 +185,7 @@ def test_large_files_lists_the_weights_in_monai_format(release):
     entries = yaml.safe_load((release.source / "large_files.yml").read_text())["large_files"]
     digest = hashlib.sha256((release.source / WEIGHTS).read_bytes()).hexdigest()
     assert entries == [
-        {"path": WEIGHTS, "url": f"{release.base_url}/weights/model.pt", "hash_val": digest, "hash_type": "sha256"}
+        {"path": WEIGHTS, "url": f"{release.base_url}/weights/{Path(WEIGHTS).name}", "hash_val": digest, "hash_type": "sha256"}
     ]
 
 
@@ -223,7 +223,7 @@ def test_tampered_weights_are_refused_and_leave_nothing(release, downloaded, tmp
     shutil.copytree(downloaded / NAME, bundle)
     (bundle / WEIGHTS).unlink()
     files_before = set(tree(tmp_path))
-    served_weights = release.served / "weights" / "model.pt"
+    served_weights = release.served / "weights" / Path(WEIGHTS).name
     genuine = served_weights.read_bytes()
     served_weights.write_bytes(flip_one_byte(genuine, len(genuine) // 2))
     try:

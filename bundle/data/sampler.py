@@ -178,9 +178,9 @@ def training_sampler(
     labelled images, e.g. when adapting to five, still train)."""
     unlabelled = sum(1 for sample in samples if sample.get("labelled", 1) == 0)
     labelled = samples[: len(samples) - unlabelled]
+    if any(sample.get("labelled", 1) == 0 for sample in labelled):
+        raise ValueError("unlabelled samples must follow the labelled ones in the training list")
     weights = labelled_weights(labelled, float(rehearsal_share))
     if not unlabelled:
         return DatasetWeightedSampler(samples, weights, num_samples=max(len(samples), batch_size), seed=seed)
-    if any(sample.get("labelled", 1) == 0 for sample in labelled):
-        raise ValueError("unlabelled samples must follow the labelled ones in the training list")
     return MixedShareSampler(samples, weights, unlabelled, batch_size, float(unlabelled_share), seed)
