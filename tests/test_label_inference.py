@@ -58,14 +58,18 @@ def test_predict_writes_a_mask_of_the_image_size_and_probabilities_by_the_checkp
     assert prediction.prompts == {"organ": "head", "object_type": "organ", "mode": "whole"}
 
 
+def head_server(inference: BundleInference, **options) -> BundleInference:
+    """Another server of the same checkpoint, fetal head by default, with app ``options`` (postprocessing, runtime)."""
+    return BundleInference(
+        REPO_ROOT, inference.model_path, device="cpu", defaults={"organ": "head", "object_type": "organ"}, **options
+    )
+
+
 def test_served_masks_are_cleaned_up_as_inference_yaml_says_unless_the_app_switches_it_off(inference, tmp_path):
     """Default: one component, no holes; switched off: the raw argmax of the same untrained network."""
     components = lambda prediction: skimage.measure.label(np.asarray(Image.open(prediction.mask)) > 0).max()  # noqa: E731
     cleaned = inference.predict(IMAGE, {}, tmp_path / "cleaned")
-    raw_server = BundleInference(
-        REPO_ROOT, inference.model_path, device="cpu", defaults={"organ": "head", "object_type": "organ"},
-        postprocessing={"keep_largest_component": "false", "fill_holes": "false"},
-    )  # fmt: skip
+    raw_server = head_server(inference, postprocessing={"keep_largest_component": "false", "fill_holes": "false"})
     raw = raw_server.predict(IMAGE, {}, tmp_path / "raw")
     assert components(cleaned) == 1 < components(raw)
     with pytest.raises(ValueError, match="unknown post-processing switches"):
@@ -75,10 +79,7 @@ def test_served_masks_are_cleaned_up_as_inference_yaml_says_unless_the_app_switc
 def test_the_app_serves_through_onnxruntime_when_asked_with_the_same_masks(inference, tmp_path):
     pytest.importorskip("onnxruntime")
     eager = inference.predict(IMAGE, {}, tmp_path / "eager")
-    served = BundleInference(
-        REPO_ROOT, inference.model_path, device="cpu", defaults={"organ": "head", "object_type": "organ"},
-        runtime={"backend": "onnxruntime", "num_threads": "1"},
-    )  # fmt: skip
+    served = head_server(inference, runtime={"backend": "onnxruntime", "num_threads": "1"})
     exported = served.predict(IMAGE, {}, tmp_path / "exported")
     assert np.array_equal(np.asarray(Image.open(eager.mask)), np.asarray(Image.open(exported.mask)))
     assert exported.probabilities == pytest.approx(eager.probabilities, abs=1e-4)
