@@ -395,7 +395,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 def report(rows: Sequence[Mapping], args: argparse.Namespace) -> None:
     """Print the tables of ``rows``; write them with ``--markdown`` and the plot with ``--plot``."""
     counts = sorted({row["count"] for row in rows if row["forgetting"] and row["method"] != SHIPPED})
-    text = table(rows) + f"\n\nForgetting: demo test split after adapting at N = {counts}\n\n" + table(rows, "forgetting")
+    text = table(rows)
+    if counts:
+        text += f"\n\nForgetting: demo test split after adapting at N = {counts}\n\n" + table(rows, "forgetting")
     print(f"\n{text}\n")
     if args.markdown:
         Path(args.markdown).write_text(text + "\n")
