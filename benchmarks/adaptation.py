@@ -408,7 +408,11 @@ def report(rows: Sequence[Mapping], args: argparse.Namespace) -> None:
 def main(argv: Sequence[str] | None = None) -> dict | None:
     args = parse_args(argv)
     if args.tables:  # studies run apart (e.g. two processes of one thread each) reported as one
-        report([row for path in args.tables for row in json.loads(Path(path).read_text())["cells"]], args)
+        rows = {}
+        for path in args.tables:  # a cell found in several studies (the shipped one) counts once
+            for row in json.loads(Path(path).read_text())["cells"]:
+                rows.setdefault((row["method"], row["count"], row["seed"]), row)
+        report(list(rows.values()), args)
         return None
     planner = Planner(args)
     planner.build()
