@@ -66,6 +66,7 @@ from benchmarks.label_efficiency import (
     dry_run_text,
     epochs_for,
     read_datalist,
+    read_scores,
     run_stage,
     spread,
     stage_env,
@@ -114,17 +115,9 @@ def nested_subset(entries: Sequence[Mapping], count: int, seed: int) -> tuple[li
     return kept, labelled
 
 
-def read_scores(path: Path) -> dict[str, float]:
-    """dataset -> test Dice, from evaluate.yaml's metrics.csv or the U-Net tool's JSON."""
-    if not path.is_file():
-        return {}
-    if path.suffix == ".json":
-        trained = json.loads(path.read_text())["trained"]
-        return {d: row["dice"] for d, row in trained.items() if "dice" in row}
-    import csv
-
-    with open(path, newline="", encoding="utf-8") as handle:
-        return {r["dataset"]: float(r["dice"]) for r in csv.DictReader(handle) if r["dataset"] != "mean" and r["seg_n"]}
+def dice_of(path: Path) -> dict[str, float]:
+    """dataset -> test Dice of evaluate.yaml's metrics.csv or the U-Net tool's JSON (:func:`read_scores`)."""
+    return {dataset: row["dice"] for dataset, row in read_scores(path).items()}
 
 
 class Planner:
@@ -282,8 +275,8 @@ def cell_row(cell: Cell, records: Mapping[str, dict]) -> dict:
     return {
         "method": cell.method, "count": cell.count, "seed": cell.seed, "labelled": cell.labelled,
         "train_cpu_s": train.get("cpu_s"), "train_wall_s": train.get("wall_s"),
-        "dice": read_scores(cell.results["test"]) if "test" in cell.results else {},
-        "forgetting": read_scores(cell.results["forgetting"]) if "forgetting" in cell.results else {},
+        "dice": dice_of(cell.results["test"]) if "test" in cell.results else {},
+        "forgetting": dice_of(cell.results["forgetting"]) if "forgetting" in cell.results else {},
     }  # fmt: skip
 
 

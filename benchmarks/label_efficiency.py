@@ -521,14 +521,15 @@ def run_stage(stage: Stage, records: Mapping[str, dict], env: Mapping[str, str])
     return record
 
 
-def read_dice(cell: Cell) -> dict[str, dict[str, float]]:
-    """dataset -> {"dice", "seg_n"} of the cell's evaluation: evaluate.yaml's metrics.csv or the U-Net's JSON."""
-    if cell.result is None or not cell.result.is_file():
+def read_scores(path: Path | None) -> dict[str, dict[str, float]]:
+    """dataset -> {"dice", "seg_n"} of an evaluation: evaluate.yaml's metrics.csv, or the U-Net tool's
+    JSON (``.json``); {} when there is no such file."""
+    if path is None or not path.is_file():
         return {}
-    if cell.method == UNET:
-        trained = json.loads(cell.result.read_text())["trained"]
+    if path.suffix == ".json":
+        trained = json.loads(path.read_text())["trained"]
         return {d: {"dice": row["dice"], "seg_n": row["seg_n"]} for d, row in trained.items() if "dice" in row}
-    with open(cell.result, newline="", encoding="utf-8") as handle:
+    with open(path, newline="", encoding="utf-8") as handle:
         rows = [row for row in csv.DictReader(handle) if row["dataset"] != "mean" and row["seg_n"]]
     return {row["dataset"]: {"dice": float(row["dice"]), "seg_n": int(row["seg_n"])} for row in rows}
 
@@ -537,7 +538,7 @@ def cell_row(cell: Cell, records: Mapping[str, dict]) -> dict:
     """The cell's entry of results.json."""
     train = records.get(cell.train, {})
     evaluation = records.get(cell.evaluation, {})
-    scores = read_dice(cell) if evaluation.get("returncode") == 0 else {}
+    scores = read_scores(cell.result) if evaluation.get("returncode") == 0 else {}
     note = cell.note or ("" if scores else evaluation.get("note") or f"failed: see {evaluation.get('log')}")
     return {
         "method": cell.method, "fraction": cell.fraction, "seed": cell.seed, "labelled": cell.labelled,

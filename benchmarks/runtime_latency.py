@@ -26,12 +26,13 @@ import torch
 from benchmarks import BUNDLE_ROOT
 from benchmarks.benchmark import machine
 from bundle.networks import read_checkpoint
+from bundle.prompts import PromptVocabulary
 from bundle.workflows.runtimes import runtime_network
 
 BACKENDS = {"torch": ("torch", "none"), "onnxruntime": ("onnxruntime", "none"), "onnxruntime-int8": ("onnxruntime", "int8")}
 
 
-def prompts_for(network: torch.nn.Module, vocabulary, batch: int) -> dict[str, torch.Tensor]:
+def prompts_for(vocabulary: PromptVocabulary, batch: int) -> dict[str, torch.Tensor]:
     """The breast-lesion segmentation prompt for ``batch`` images."""
     encoded = vocabulary.encode({"position": "breast", "task": "segmentation", "mode": "whole", "type": "tumor"})
     return {key: value.expand(batch, -1).contiguous() for key, value in encoded.items()}
@@ -57,7 +58,7 @@ def measure(ckpt_path: Path, threads: int, batches: Sequence[int], rounds: int) 
     with torch.inference_mode():
         for batch in batches:
             image = torch.rand(batch, 3, size, size, generator=torch.Generator().manual_seed(0))
-            prompts = prompts_for(network, checkpoint.description.prompt_vocabulary, batch)
+            prompts = prompts_for(checkpoint.description.prompt_vocabulary, batch)
             for runner in runners.values():  # warm-up: first calls allocate and pick kernels
                 runner(image, prompts)
             samples: dict[str, list[float]] = {name: [] for name in runners}

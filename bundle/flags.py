@@ -14,10 +14,16 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-__all__ = ["as_flag", "as_mapping"]
+__all__ = ["as_flag", "as_mapping", "is_unset"]
 
 _TRUE, _FALSE = ("true", "yes", "on", "1"), ("false", "no", "off", "0")
 _NULL = ("null", "none", "official")
+_UNSET = ("", "null", "none")
+
+
+def is_unset(value: object) -> bool:
+    """Whether an optional config value (e.g. a checkpoint path) is absent: None, empty, or null / none (any case)."""
+    return value is None or str(value).strip().lower() in _UNSET
 
 
 def as_flag(value: object, key: str) -> bool:

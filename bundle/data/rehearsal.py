@@ -13,6 +13,7 @@ import dataclasses
 from pathlib import Path
 
 from bundle.data.load import load_samples
+from bundle.flags import is_unset
 from bundle.data.registry import DatasetRegistry, load_registry
 
 __all__ = ["REHEARSAL_KEY", "rehearsal_samples", "with_rehearsal"]
@@ -21,13 +22,9 @@ __all__ = ["REHEARSAL_KEY", "rehearsal_samples", "with_rehearsal"]
 REHEARSAL_KEY = "rehearsal"
 
 
-def _given(path: str | Path | None) -> bool:
-    return path is not None and str(path).lower() not in ("", "none", "null")
-
-
 def rehearsal_samples(registry_file: str | Path | None, split: str = "train") -> list[dict]:
     """The ``split`` samples of every dataset of the old registry, tagged ``rehearsal: 1``; [] without one."""
-    if not _given(registry_file):
+    if is_unset(registry_file):
         return []
     samples = load_samples(load_registry(registry_file), split)
     if not samples:
@@ -44,7 +41,7 @@ def with_rehearsal(registry: DatasetRegistry, registry_file: str | Path | None) 
         ValueError: an old dataset's organ is not in that vocabulary, or an old dataset has the name
             and task of a new one (their samples could not be told apart).
     """
-    if not _given(registry_file):
+    if is_unset(registry_file):
         return registry
     old = load_registry(registry_file)
     new_keys = {spec.key for spec in registry.datasets}

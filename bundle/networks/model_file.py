@@ -28,6 +28,7 @@ import torch
 from monai.utils import look_up_option
 from torch import nn
 
+from bundle.flags import is_unset
 from bundle.networks.checkpoints import check_state_dict, convert_official_state_dict
 from bundle.networks.perceptguide import PerceptGuide
 from bundle.networks.vocabulary_growth import grow_organ_columns
@@ -380,7 +381,7 @@ def initialise_from(network: nn.Module, path: str | Path | None) -> nn.Module:
         ValueError: naming the file, when a shared tensor has another shape (another network
             width or depth) or when no tensor name is shared at all.
     """
-    if path is None or str(path).lower() in ("", "none", "null"):
+    if is_unset(path):
         return network
     checkpoint = read_checkpoint(path)
     own = network.state_dict()

@@ -164,7 +164,7 @@ class PredictionWriter:
             frame = int(image.meta.get("frame", STILL))
             original = to_unit_range(self.load(source, frame)).numpy()
             if frame == STILL:
-                self._write_mask(mask, source, seg_logits.shape[1])
+                self._write_mask(mask, source)
                 save_png(overlay(original, mask), self.output_dir / f"{stem_of(source)}_overlay.png")
                 row = {"file": source.name}
             else:
@@ -176,35 +176,39 @@ class PredictionWriter:
             row["foreground_pixels"] = int((mask > 0).sum())
             self.rows.append(row)
 
-    def _write_mask(self, mask: np.ndarray, source: Path, classes: int) -> None:
-        values = mask * 255 if classes == 2 else mask
-        stem = stem_of(source)
+    def _file_values(self, mask: np.ndarray) -> np.ndarray:
+        """A class-index mask as the files store it: 0/255 for a binary model, class indices otherwise."""
+        return (mask * 255 if self.classes == 2 else mask).astype(np.uint8)
+
+    def _save_nifti(self, values: np.ndarray, source: Path) -> None:
+        """``<stem>.nii.gz`` of ``values`` with the affine of ``source`` (identity when it is not NIfTI)."""
+        affine = nib.load(str(source)).affine if source.name.lower().endswith(NIFTI_SUFFIXES) else np.eye(4)
+        nib.save(nib.Nifti1Image(values, affine), self.output_dir / f"{stem_of(source)}.nii.gz")
+
+    def _write_mask(self, mask: np.ndarray, source: Path) -> None:
         self.output_dir.mkdir(parents=True, exist_ok=True)
         if source.name.lower().endswith(NIFTI_SUFFIXES):
-            affine = nib.load(str(source)).affine
-            nib.save(nib.Nifti1Image(values.astype(np.uint8), affine), self.output_dir / f"{stem}.nii.gz")
+            self._save_nifti(self._file_values(mask), source)
         else:
-            save_png(values.astype(np.uint8), self.output_dir / f"{stem}.png")
+            save_png(self._file_values(mask), self.output_dir / f"{stem_of(source)}.png")
 
-    def _write_loop(self, source: Path, loop: dict, classes: int) -> None:
+    def _write_loop(self, source: Path, loop: dict) -> None:
         """The loop's mask volume (H, W, T) and its animated overlay."""
         first = next(iter(loop["masks"].values()))
         volume = np.zeros((*first.shape, loop["frames"]), np.uint8)
         for frame, mask in loop["masks"].items():
-            volume[..., frame] = mask * 255 if classes == 2 else mask
+            volume[..., frame] = self._file_values(mask)
         missing = sorted(set(range(loop["frames"])) - set(loop["masks"]))
         if missing:
             logger.error("%s: frames %s could not be read; they are 0 in the mask volume", source, missing)
-        affine = nib.load(str(source)).affine if source.name.lower().endswith(NIFTI_SUFFIXES) else np.eye(4)
-        stem = stem_of(source)
-        nib.save(nib.Nifti1Image(volume, affine), self.output_dir / f"{stem}.nii.gz")
+        self._save_nifti(volume, source)
         frames = [Image.fromarray(loop["overlays"][t]) for t in sorted(loop["overlays"])]
-        frames[0].save(self.output_dir / f"{stem}_overlay.gif", save_all=True, append_images=frames[1:], duration=40, loop=0)
+        frames[0].save(self.output_dir / f"{stem_of(source)}_overlay.gif", save_all=True, append_images=frames[1:], duration=40, loop=0)
 
     def write_table(self, engine: Engine) -> None:
         self.output_dir.mkdir(parents=True, exist_ok=True)
         for source, loop in self.loops.items():
-            self._write_loop(source, loop, self.classes)
+            self._write_loop(source, loop)
         path = self.output_dir / "predictions.csv"
         frame_column = ["frame"] if self.loops else []
         fields = ["file", *frame_column, *[f"p_{name}" for name in self.class_names], "foreground_pixels"]
