@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 from monai.bundle import ConfigWorkflow
@@ -16,6 +17,7 @@ from bundle.workflows.inference import mask_postprocessing
 from bundle.workflows.inferers import PromptInferer
 from bundle.workflows.losses import TaskMaskedLoss
 from bundle.workflows.metrics import MultiTaskMetrics, SampleRecord, summarise
+from bundle.workflows.overlay import overlay, paletted_overlay
 from bundle.workflows.schedules import decay_lr
 from bundle.workflows.sync import prompt_parameters
 from tests.bundle_runner import REPO_ROOT, config_files
@@ -255,6 +257,20 @@ def test_mask_postprocessing_keeps_each_class_largest_component_with_holes_fille
     expected[0, 1:7, 1:7] = 1
     expected[0, 8:11, 1:3] = 2
     assert torch.equal(torch.as_tensor(mask_postprocessing(True, True)(mask.clone())), expected)
+    assert torch.equal(torch.as_tensor(mask_postprocessing(True, True, classes=3)(mask.clone())), expected)
     only_largest = torch.as_tensor(mask_postprocessing("true", "false")(mask.clone()))
     assert only_largest[0, 10, 10] == 0 and only_largest[0, 3, 3] == 0
     assert mask_postprocessing(False, "false") is None
+
+
+@pytest.mark.parametrize("classes", [2, 3])
+def test_a_paletted_overlay_shows_what_the_rgb_overlay_shows_within_a_gray_level(classes):
+    generator = np.random.default_rng(0)
+    image = generator.random((1, 24, 20)).astype(np.float32)
+    mask = np.zeros((24, 20), np.uint8)
+    mask[4:14, 3:12] = 1
+    mask[16:22, 10:18] = classes - 1
+    picture = paletted_overlay(image, mask, classes)
+    assert picture.mode == "P"
+    difference = np.abs(np.asarray(picture.convert("RGB")).astype(int) - overlay(image, mask).astype(int))
+    assert difference.max() <= 2

@@ -4,8 +4,9 @@ Inference expands such a file into one sample per frame (``frame`` its index, ``
 loop's length); :class:`bundle.transforms.io.LoadImage2D` reads the frame, and
 :class:`bundle.workflows.inference.PredictionWriter` puts the frames' masks back into a volume of
 the input's shape whose voxel (i, j, t) labels input voxel (i, j, t). A still image has
-``frame`` -1. A NIfTI frame is sliced from the file's data object (an uncompressed file is not
-read whole); a DICOM loop is decoded once and kept while its frames are read.
+``frame`` -1. A loop is decoded once and kept while its frames are read (an uncompressed NIfTI
+as a memory map, not read whole): reading a gzipped NIfTI frame by frame would decompress the
+file up to each frame again.
 """
 
 from __future__ import annotations
@@ -45,9 +46,28 @@ def cine_frame_count(path: str | Path) -> int:
 
 
 @functools.lru_cache(maxsize=1)
-def _dicom_frames(path: str) -> np.ndarray:
-    """Every frame of a multi-frame DICOM, (T, H, W[, C]); the last loop read is kept."""
-    return pydicom.dcmread(path).pixel_array
+def _whole_loop(path: str, modified: float) -> np.ndarray | None:
+    """Every frame of the loop at ``path`` (last modified at ``modified``), frames first: (T, H, W[, C]);
+    None when the file does not read whole (a damaged file, whose frames are then read one at a time).
+    The last loop read is kept."""
+    try:
+        if path.lower().endswith(NIFTI_SUFFIXES):
+            return np.moveaxis(np.asanyarray(nib.load(path).dataobj), 2, 0)
+        return pydicom.dcmread(path).pixel_array
+    except Exception:  # noqa: BLE001 - read_frame then names the failure of each frame
+        return None
+
+
+def _one_frame(path: str, frame: int) -> np.ndarray:
+    """Frame ``frame`` of a loop that does not read whole: a NIfTI frame sliced from the file's data
+    object, a DICOM decoded (which then names the damage)."""
+    if not path.lower().endswith(NIFTI_SUFFIXES):
+        frames = pydicom.dcmread(path).pixel_array
+        return np.asarray(frames[frame])
+    data = nib.load(path).dataobj
+    if not 0 <= frame < data.shape[2]:
+        raise IndexError(f"the loop has {data.shape[2]} frames")
+    return np.asarray(data[:, :, frame])
 
 
 def read_frame(path: str | Path, frame: int) -> np.ndarray:
@@ -56,14 +76,10 @@ def read_frame(path: str | Path, frame: int) -> np.ndarray:
     Raises:
         ValueError: naming the file and the frame, when it cannot be read or is out of range.
     """
-    name = str(path).lower()
     try:
-        if name.endswith(NIFTI_SUFFIXES):
-            image = nib.load(str(path))
-            if not 0 <= frame < image.shape[2]:
-                raise IndexError(f"the loop has {image.shape[2]} frames")
-            return np.asarray(image.dataobj[:, :, frame])
-        frames = _dicom_frames(str(path))
+        frames = _whole_loop(str(path), Path(path).stat().st_mtime)
+        if frames is None:
+            return _one_frame(str(path), frame)
         if not 0 <= frame < frames.shape[0]:
             raise IndexError(f"the loop has {frames.shape[0]} frames")
         return np.asarray(frames[frame])

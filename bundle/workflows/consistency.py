@@ -28,7 +28,7 @@ from bundle.prompts import SEGMENTATION, TASK_IDS
 from bundle.workflows.losses import TaskMaskedLoss
 
 __all__ = [
-    "unlabelled_pool", "with_auxiliary_decoders", "with_consistency", "ConsistencyLoss", "ConsistencyRampUp", "sigmoid_rampup",
+    "unlabelled_pool", "rows_where", "with_auxiliary_decoders", "with_consistency", "ConsistencyLoss", "ConsistencyRampUp", "sigmoid_rampup",
 ]
 
 logger = logging.getLogger(__name__)
@@ -39,12 +39,12 @@ def _enabled(weight: float, pool: Sequence) -> bool:
     return float(weight) > 0 and len(pool) > 0
 
 
-def unlabelled_pool(folders: Sequence[Mapping[str, str]] | None, weight: float) -> list[dict]:
+def unlabelled_pool(folders: Sequence[Mapping[str, str]] | None, weight: float, use: str = "consistency training") -> list[dict]:
     """Unlabelled training samples from ``folders``: ``[{dir: PATH, organ: NAME, object_type: NAME}, ...]``.
 
     Each folder's images (any depth) get the folder's prompts, the segmentation task and
     ``labelled = 0``; unreadable files are logged once each and left out. Empty when
-    ``weight`` is 0 or there is no folder.
+    ``weight`` is 0 or there is no folder. ``use`` names what they are for in the log.
 
     Raises:
         ValueError: an entry without ``dir``, ``organ`` or ``object_type`` (consistency steers the
@@ -58,15 +58,15 @@ def unlabelled_pool(folders: Sequence[Mapping[str, str]] | None, weight: float) 
     for index, entry in enumerate(folders):
         if not isinstance(entry, Mapping) or not {"dir", "organ", "object_type"} <= set(entry):
             raise ValueError(
-                f"unlabelled_dirs[{index}] must be {{dir: PATH, organ: NAME, object_type: NAME}} for consistency "
-                f"training (the decoders are steered by prompt), got {entry!r}"
+                f"unlabelled_dirs[{index}] must be {{dir: PATH, organ: NAME, object_type: NAME}} for {use} "
+                f"(the decoders are steered by prompt), got {entry!r}"
             )
         prompts = {"organ": entry["organ"], "object_type": entry["object_type"], "mode": "whole"}
         for sample in readable_samples(unlabelled_samples(entry["dir"])):
             samples.append(
                 {**sample, **prompts, "task": SEGMENTATION, "dataset": UNLABELLED, "cls_label": 0, "labelled": 0}
             )
-    logger.info("consistency training: %d unlabelled images from %d folders", len(samples), len(folders))
+    logger.info("%s: %d unlabelled images from %d folders", use, len(samples), len(folders))
     return samples
 
 
@@ -81,7 +81,7 @@ def sigmoid_rampup(progress: float) -> float:
     return math.exp(-5.0 * (1.0 - t) ** 2)
 
 
-def _rows(target: Mapping[str, Any], keep: torch.Tensor) -> dict[str, Any]:
+def rows_where(target: Mapping[str, Any], keep: torch.Tensor) -> dict[str, Any]:
     """``target`` restricted to the samples where ``keep`` (B,) is true."""
     rows = {}
     for key, value in target.items():
@@ -120,7 +120,7 @@ class ConsistencyLoss(nn.Module):
         labelled = target["labelled"].view(-1).bool()
         loss = seg.new_zeros(())
         if labelled.any():
-            rows = _rows(target, labelled)
+            rows = rows_where(target, labelled)
             loss = loss + self.supervised((seg[labelled], cls[labelled]), rows)
             segmentation = rows["task_id"].view(-1) == TASK_IDS[SEGMENTATION]
             if segmentation.any():

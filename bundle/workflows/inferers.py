@@ -58,11 +58,12 @@ class PromptInferer(Inferer):
 
 
 def _as_float(outputs: Any) -> Any:
-    """Every tensor of ``outputs`` (a tensor, or tuples, lists and dicts of them) as float32."""
+    """Every tensor of ``outputs`` (a tensor, or tuples, lists and dicts of them) as float32; other objects
+    (a distillation network's teacher signals) as they are."""
     if isinstance(outputs, Mapping):
         return {key: _as_float(o) for key, o in outputs.items()}
     if isinstance(outputs, tuple):
         return tuple(_as_float(o) for o in outputs)
     if isinstance(outputs, list):
         return [_as_float(o) for o in outputs]
-    return outputs.float()
+    return outputs.float() if isinstance(outputs, torch.Tensor) else outputs

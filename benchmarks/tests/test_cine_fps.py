@@ -1,0 +1,34 @@
+"""benchmarks/cine_fps.py: the bare inference command on a loop of unseen frames, per-frame cost and memory."""
+
+from __future__ import annotations
+
+import nibabel as nib
+import pytest
+
+from benchmarks import cine_fps
+from tests.conftest import require_shared, write_checkpoint
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def test_the_loop_holds_unseen_thyroid_frames_in_source_order(tmp_path):
+    pool = require_shared("unlabelled")
+    frames = cine_fps.unseen_thyroid_frames(pool, 5)
+    assert len(frames) == 5 and all(frame.parent.name == "tg3k" and frame.is_file() for frame in frames)
+    volume = nib.load(cine_fps.write_loop(frames, tmp_path / "loop.nii.gz"))
+    assert volume.shape[2] == 5 and volume.get_data_dtype() == "uint8"
+    with pytest.raises(ValueError, match="fewer than"):
+        cine_fps.unseen_thyroid_frames(pool, 10_000)
+
+
+def test_per_frame_cost_is_the_difference_of_a_long_and_a_one_frame_run(tmp_path):
+    pool = require_shared("unlabelled")
+    checkpoint = write_checkpoint(tmp_path / "model.pt")
+    result = cine_fps.measure([f"tiny={checkpoint}:torch"], frames=4, repeats=1, threads=1, unlabelled_dir=pool)
+    row = result["settings"]["tiny"]
+    assert row["backend"] == "torch" and row["seconds_4"] > row["seconds_1"] > 0
+    assert row["ms_per_frame"] == pytest.approx(1000 * (row["seconds_4"] - row["seconds_1"]) / 3)
+    assert row["peak_rss_mib"] > 100  # a python process with torch and MONAI
+    assert "| tiny | torch |" in cine_fps.table(result)
+    with pytest.raises(ValueError, match="NAME=CKPT"):
+        cine_fps.parse_setting("no-checkpoint")

@@ -1,0 +1,133 @@
+"""Distillation: a student beside a frozen teacher, its loss, and configs/distill.yaml end to end."""
+
+from __future__ import annotations
+
+import shutil
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from bundle.networks import load_model, read_checkpoint
+from bundle.networks.distillation import LEVEL_WEIGHTS, DistillationNetwork
+from bundle.prompts import DEFAULT_VOCABULARY
+from bundle.workflows.distillation import DistillationLoss, kl_divergence
+from bundle.workflows.losses import TaskMaskedLoss
+from tests.bundle_runner import bare_inference, run_bundle, write_small_datalist
+from tests.conftest import DEMO_DIR, TINY_SIZE, tiny_network, write_checkpoint
+
+STUDENT = {"embed_dim": 8, "num_heads": (2, 2, 4, 4), "conv_skips": 4}
+TEACHER = {"conv_skips": 8}
+
+
+def prompts(batch: int) -> dict[str, torch.Tensor]:
+    names = {"position": "breast", "task": "segmentation", "mode": "whole", "type": "tumor"}
+    return {key: value.expand(batch, -1) for key, value in DEFAULT_VOCABULARY.encode(names).items()}
+
+
+@pytest.fixture
+def pair() -> DistillationNetwork:
+    return DistillationNetwork(tiny_network(1, **STUDENT), tiny_network(2, **TEACHER))
+
+
+def test_training_returns_the_teachers_outputs_and_aligned_stage_features(pair):
+    image = torch.rand(2, 3, TINY_SIZE, TINY_SIZE, generator=torch.Generator().manual_seed(0))
+    pair.train()
+    seg, cls, signals = pair(image, prompts(2))
+    with torch.no_grad():
+        teacher_seg, teacher_cls = pair.teacher(image, prompts(2))
+    assert torch.allclose(signals.seg, teacher_seg) and torch.allclose(signals.cls, teacher_cls)
+    # patch embedding, 4 encoder stages, 3 + 3 decoder stages
+    assert len(signals.student_features) == len(signals.teacher_features) == len(pair.maps) == 11
+    for student, teacher in zip(signals.student_features, signals.teacher_features):
+        assert student.shape == teacher.shape and student.requires_grad and not teacher.requires_grad
+    assert signals.weights[0] == LEVEL_WEIGHTS[0] and signals.weights[4] == LEVEL_WEIGHTS[3]  # embedding, bottleneck
+    assert seg.shape == teacher_seg.shape and cls.shape == teacher_cls.shape
+    assert not pair.teacher.training
+
+
+def test_the_teacher_stays_out_of_the_state_the_optimizer_and_the_gradients(pair):
+    teacher_before = {key: value.clone() for key, value in pair.teacher.state_dict().items()}
+    assert all(key.startswith(("student.", "maps.")) for key in pair.state_dict())
+    optimizer = torch.optim.Adam(pair.parameters(), lr=1e-2)
+    loss = DistillationLoss(TaskMaskedLoss())
+    image = torch.rand(2, 3, TINY_SIZE, TINY_SIZE)
+    target = {"label": torch.zeros(2, 1, TINY_SIZE, TINY_SIZE, dtype=torch.long), "cls_label": torch.zeros(2, dtype=torch.long),
+              "task_id": torch.zeros(2, dtype=torch.long), "labelled": torch.tensor([1, 0])}  # fmt: skip
+    pair.train()
+    loss(pair(image, prompts(2)), target).backward()
+    optimizer.step()
+    assert all(torch.equal(value, teacher_before[key]) for key, value in pair.teacher.state_dict().items())
+    assert all(parameter.grad is not None for parameter in pair.maps.parameters())
+
+
+def test_eval_mode_is_the_student_alone(pair):
+    image = torch.rand(1, 3, TINY_SIZE, TINY_SIZE)
+    pair.eval()
+    with torch.no_grad():
+        seg, cls = pair(image, prompts(1))
+        expected_seg, expected_cls = pair.student(image, prompts(1))
+    assert torch.equal(seg, expected_seg) and torch.equal(cls, expected_cls)
+
+
+@pytest.mark.parametrize(
+    "student, message",
+    [({"window_size": 4}, "student map"), ({"prompt_sizes": {"position": 12, "task": 2, "mode": 3, "type": 2}}, "prompt_sizes")],
+)
+def test_a_student_of_another_layout_is_refused_naming_what_differs(student, message):
+    with pytest.raises(ValueError, match=message):
+        DistillationNetwork(tiny_network(1, **student), tiny_network(2))
+
+
+def test_kl_divergence_is_the_scaled_kl_of_softened_outputs():
+    student, teacher = torch.randn(3, 2, 5, 5), torch.randn(3, 2, 5, 5)
+    reference = F.kl_div(F.log_softmax(student / 2, 1), F.log_softmax(teacher / 2, 1), log_target=True, reduction="none")
+    assert torch.allclose(kl_divergence(student, teacher, 2.0), 4 * reference.sum(1).mean())
+    assert kl_divergence(teacher, teacher, 1.0).abs() < 1e-6
+
+
+def test_each_term_switches_off_and_unlabelled_rows_learn_from_the_teacher_only(pair):
+    image = torch.rand(2, 3, TINY_SIZE, TINY_SIZE)
+    target = {"label": torch.ones(2, 1, TINY_SIZE, TINY_SIZE, dtype=torch.long), "cls_label": torch.zeros(2, dtype=torch.long),
+              "task_id": torch.zeros(2, dtype=torch.long), "labelled": torch.tensor([1, 0])}  # fmt: skip
+    pair.train()
+    pred = pair(image, prompts(2))
+    supervised = TaskMaskedLoss()
+    task_only = DistillationLoss(supervised, seg_weight=0, cls_weight=0, feature_weight=0)
+    assert torch.allclose(task_only(pred, target), supervised((pred[0][:1], pred[1][:1]), {k: v[:1] for k, v in target.items()}))
+    unlabelled = {**target, "labelled": torch.tensor([0, 0])}
+    seg_only = DistillationLoss(supervised, seg_weight=1, cls_weight=0, feature_weight=0)
+    assert torch.allclose(seg_only(pred, unlabelled), kl_divergence(pred[0], pred[2].seg, 1.0))
+    features_only = DistillationLoss(supervised, seg_weight=0, cls_weight=0, feature_weight=1, task_weight=0)
+    assert torch.allclose(features_only(pred, target), DistillationLoss.feature_term(pred[2]))
+    with pytest.raises(ValueError, match="temperature"):
+        DistillationLoss(supervised, temperature=0)
+
+
+def test_distill_config_trains_a_self_describing_student_that_infers(tmp_path):
+    teacher = write_checkpoint(tmp_path / "teacher.pt", tiny_network(3, **TEACHER, embed_dim=24))
+    pool = tmp_path / "unlabelled"
+    pool.mkdir()
+    for source in sorted((DEMO_DIR / "segmentation" / "TG3K" / "imgs").glob("*.png"))[:4]:
+        shutil.copy(source, pool / source.name)
+    datalist = write_small_datalist(tmp_path / "datalist.json", {"training": 4, "validation": 2})
+    folders = [{"dir": str(pool), "organ": "thyroid", "object_type": "organ"}]
+    result = run_bundle(
+        "pretrain", "cpu", "distill",
+        overrides={"datalist": datalist, "ckpt_dir": tmp_path / "models", "output_dir": tmp_path / "runs",
+                   "teacher_ckpt": teacher, "unlabelled_dirs": repr(folders), "epochs": 2},
+    )  # fmt: skip
+    log = result.stdout + result.stderr
+    assert "distillation: 4 unlabelled images from 1 folders" in log and "11 stages aligned" in log
+    student = read_checkpoint(tmp_path / "models" / "model.pt")
+    assert not any(key.startswith(("maps.", "student.")) for key in student.state_dict)
+    assert student.description.image_size == TINY_SIZE
+    assert student.description.vocabulary == read_checkpoint(teacher).description.vocabulary
+    assert sum(p.numel() for p in load_model(student.source).parameters()) < sum(
+        p.numel() for p in load_model(teacher).parameters()
+    )
+    state = torch.load(tmp_path / "models" / "checkpoint_2.pt", weights_only=True)
+    assert any(key.startswith("maps.") for key in state["model"])  # the maps resume with the student
+    output = tmp_path / "predictions"
+    bare_inference(pool, output, student.source, "thyroid", "organ")
+    assert len(list(output.glob("*_overlay.png"))) == 4
