@@ -1,6 +1,6 @@
-"""Cine loops through the bare inference command: a 3-D NIfTI (H, W, T) and a multi-frame DICOM become a
-mask volume of the input's shape and affine, an animated overlay and a CSV row per frame; a frame that
-cannot be read is named and skipped, the others kept."""
+"""Cine loops through the bare inference command: a 3-D NIfTI (H, W, T), a multi-frame DICOM and a video
+become a mask volume of the input's shape and affine, an overlay video and a CSV row per frame; a frame
+or a video that cannot be read is named and skipped, the others kept."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from bundle.data.cine import STILL, cine_frame_count, expand_cine
+from bundle.data.cine import STILL, cine_frame_count, expand_cine, video_file
 from tests.bundle_runner import DEMO_DIR, bare_inference
 from tests.conftest import write_checkpoint
 from tests.ultrasound_dicom import write_dicom
@@ -54,7 +54,7 @@ def test_a_nifti_loop_gives_a_mask_volume_whose_voxels_label_the_input_voxels(tm
     assert [int(row["frame"]) for row in loop_rows] == list(range(FRAMES))
     assert [int(row["foreground_pixels"]) for row in loop_rows] == [int((masks[..., t] > 0).sum()) for t in range(FRAMES)]
     assert [row["frame"] for row in table if row["file"] == "frame3.nii.gz"] == [""]
-    assert Image.open(tmp_path / "out" / "scan_overlay.gif").n_frames == FRAMES
+    assert len(video_file(tmp_path / "out" / "scan_overlay.mp4")) == FRAMES
     assert "frames/s" in log
 
 
@@ -66,6 +66,24 @@ def test_a_multiframe_dicom_loop_is_read_frame_by_frame(tmp_path, loop, checkpoi
     bare_inference(inputs, tmp_path / "out", checkpoint, "thyroid", "organ")
     assert nib.load(tmp_path / "out" / "cine.nii.gz").shape == loop.shape
     assert len(rows(tmp_path / "out")) == FRAMES
+
+
+@pytest.mark.parametrize("suffix, codec", [(".mp4", "mp4v"), (".avi", "MJPG")])
+def test_a_video_is_read_frame_by_frame_and_a_broken_one_is_named_and_skipped(tmp_path, loop, checkpoint, suffix, codec):
+    cv2 = pytest.importorskip("cv2")
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    height, width, _ = loop.shape
+    writer = cv2.VideoWriter(str(inputs / f"clip{suffix}"), cv2.VideoWriter_fourcc(*codec), 25, (width, height))
+    for t in range(FRAMES):
+        writer.write(np.repeat(loop[..., t, None], 3, axis=2))
+    writer.release()
+    (inputs / f"broken{suffix}").write_bytes(b"not a video")
+    log = bare_inference(inputs, tmp_path / "out", checkpoint, "thyroid", "organ")
+    assert f"skipping {inputs / f'broken{suffix}'}: cannot read video" in log
+    assert nib.load(tmp_path / "out" / "clip.nii.gz").shape == loop.shape
+    assert [int(row["frame"]) for row in rows(tmp_path / "out")] == list(range(FRAMES))
+    assert len(video_file(tmp_path / "out" / "clip_overlay.mp4")) == FRAMES
 
 
 def test_a_corrupt_frame_is_named_and_skipped_and_the_other_frames_are_kept(tmp_path, loop, checkpoint):

@@ -16,7 +16,7 @@ from bundle.networks import read_checkpoint
 from bundle.prompts import DEFAULT_VOCABULARY
 from bundle.workflows.runtimes import OnnxRuntimeNetwork, onnx_model_path, runtime_network
 from tests.bundle_runner import DEMO_DIR, REPO_ROOT, bundle_command, subprocess_env
-from tests.conftest import TINY_SIZE, write_checkpoint
+from tests.conftest import TINY_SIZE, tiny_network, write_checkpoint
 
 pytest.importorskip("onnxruntime")
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -84,3 +84,20 @@ def test_the_onnx_graph_takes_the_prompts_so_one_file_serves_every_organ_and_any
     with torch.no_grad():
         for expected, got in zip(network(image, prompts), runner(image, prompts)):
             assert expected.shape == got.shape and (expected - got).abs().max() < 1e-4
+
+
+def test_auto_takes_onnxruntime_and_falls_back_to_torch_saying_why(tmp_path, monkeypatch, caplog):
+    from bundle.workflows import runtimes
+
+    checkpoint = write_checkpoint(tmp_path / "model.pt")
+    network = read_checkpoint(checkpoint).build()
+    assert isinstance(runtime_network(network, "auto", checkpoint, TINY_SIZE), OnnxRuntimeNetwork)
+    one_by_one = write_checkpoint(tmp_path / "small.pt", tiny_network(img_size=32))  # a 1×1 bottleneck map
+    small = read_checkpoint(one_by_one).build()
+    with caplog.at_level("WARNING"):
+        assert runtime_network(small, "auto", one_by_one, 32) is small
+    assert "did not export to ONNX" in caplog.text
+    monkeypatch.setattr(runtimes, "optional_import", lambda name: (None, False))
+    with caplog.at_level("WARNING"):
+        assert runtime_network(network, "auto", checkpoint, TINY_SIZE) is network
+    assert "onnxruntime is not installed" in caplog.text

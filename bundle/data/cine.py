@@ -1,4 +1,4 @@
-"""Cine loops: a 3-D NIfTI (H, W, T) or a multi-frame DICOM, read one 2D frame at a time.
+"""Cine loops: a 3-D NIfTI (H, W, T), a multi-frame DICOM or a video file, read one 2D frame at a time.
 
 Inference expands such a file into one sample per frame (``frame`` its index, ``frames`` the
 loop's length); :class:`bundle.transforms.io.LoadImage2D` reads the frame, and
@@ -6,7 +6,8 @@ loop's length); :class:`bundle.transforms.io.LoadImage2D` reads the frame, and
 the input's shape whose voxel (i, j, t) labels input voxel (i, j, t). A still image has
 ``frame`` -1. A loop is decoded once and kept while its frames are read (an uncompressed NIfTI
 as a memory map, not read whole): reading a gzipped NIfTI frame by frame would decompress the
-file up to each frame again.
+file up to each frame again. Videos (``.mp4``, ``.avi``) are decoded by MONAI's
+``VideoFileDataset`` (OpenCV: the bundle's ``[video]`` extra) as RGB frames.
 """
 
 from __future__ import annotations
@@ -19,9 +20,9 @@ import nibabel as nib
 import numpy as np
 import pydicom
 
-from bundle.data.files import DICOM_SUFFIXES, NIFTI_SUFFIXES
+from bundle.data.files import DICOM_SUFFIXES, NIFTI_SUFFIXES, VIDEO_SUFFIXES
 
-__all__ = ["STILL", "cine_frame_count", "expand_cine", "read_frame"]
+__all__ = ["STILL", "cine_frame_count", "expand_cine", "read_frame", "video_file"]
 
 # the ``frame`` of a still image
 STILL = -1
@@ -29,10 +30,31 @@ STILL = -1
 _MAX_CHANNELS = 4
 
 
+def video_file(path: str | Path, **options):
+    """MONAI's ``VideoFileDataset`` of the video at ``path`` (frames (H, W, 3) RGB; ``options`` as it takes them).
+
+    Raises:
+        ValueError: naming the file, when OpenCV is not installed or the video does not open.
+    """
+    try:
+        from monai.data.video_dataset import VideoFileDataset
+
+        return VideoFileDataset(str(path), channel_dim=2, **options)
+    except RuntimeError as err:
+        hint = " (pip install opencv-python-headless, or the bundle's [video] extra)" if "OpenCV" in str(err) else ""
+        raise ValueError(f"cannot read video {path}: {err}{hint}") from err
+
+
 def cine_frame_count(path: str | Path) -> int:
-    """The number of frames of a cine loop at ``path``; 0 for a still image or a file that does not open
-    (the image loader then names the problem)."""
+    """The number of frames of a cine loop at ``path``; 0 for a still image or an image file that does not
+    open (the image loader then names the problem). Every video is a loop, even of one frame.
+
+    Raises:
+        ValueError: a video that does not open (naming it, and OpenCV when it is missing).
+    """
     name = str(path).lower()
+    if name.endswith(VIDEO_SUFFIXES):
+        return len(video_file(path))
     try:
         if name.endswith(NIFTI_SUFFIXES):
             shape = nib.load(str(path)).shape
@@ -53,6 +75,9 @@ def _whole_loop(path: str, modified: float) -> np.ndarray | None:
     try:
         if path.lower().endswith(NIFTI_SUFFIXES):
             return np.moveaxis(np.asanyarray(nib.load(path).dataobj), 2, 0)
+        if path.lower().endswith(VIDEO_SUFFIXES):
+            video = video_file(path)
+            return np.stack([video.get_frame() for _ in range(len(video))])  # in order: no seek per frame
         return pydicom.dcmread(path).pixel_array
     except Exception:  # noqa: BLE001 - read_frame then names the failure of each frame
         return None
@@ -60,7 +85,9 @@ def _whole_loop(path: str, modified: float) -> np.ndarray | None:
 
 def _one_frame(path: str, frame: int) -> np.ndarray:
     """Frame ``frame`` of a loop that does not read whole: a NIfTI frame sliced from the file's data
-    object, a DICOM decoded (which then names the damage)."""
+    object, a video frame sought and decoded, a DICOM decoded (which then names the damage)."""
+    if path.lower().endswith(VIDEO_SUFFIXES):
+        return np.asarray(video_file(path)[frame])
     if not path.lower().endswith(NIFTI_SUFFIXES):
         frames = pydicom.dcmread(path).pixel_array
         return np.asarray(frames[frame])

@@ -46,7 +46,7 @@ class LoadImage2D(Transform):
 
     def __call__(self, path: str | Path, frame: int = STILL) -> MetaTensor:
         """(C, H, W) of the image at ``path``, or of frame ``frame`` (>= 0) of the cine loop there."""
-        reader = reader_for(path)
+        reader = reader_for(path) if frame < 0 else None
         if not Path(path).is_file():
             raise FileNotFoundError(f"image file not found: {path}")
         if frame >= 0:

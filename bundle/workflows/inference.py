@@ -23,10 +23,10 @@ from monai.transforms import Compose, FillHoles, Invertd, KeepLargestConnectedCo
 from monai.utils import CommonKeys as Keys
 
 from bundle.data.cine import STILL, expand_cine
-from bundle.data.files import NIFTI_SUFFIXES, folder_samples, stem_of
+from bundle.data.files import INFERENCE_SUFFIXES, NIFTI_SUFFIXES, folder_samples, stem_of
 from bundle.flags import as_flag
 from bundle.transforms.io import LoadImage2D, to_unit_range
-from bundle.workflows.overlay import overlay, paletted_overlay, save_gif, save_png
+from bundle.workflows.overlay import overlay, paletted_overlay, save_overlay_video, save_png
 
 __all__ = ["collect_images", "readable_samples", "mask_postprocessing", "PredictionWriter"]
 
@@ -46,7 +46,7 @@ def collect_images(input_dir: str | Path | None = None, datalist: str | Path | N
     if (input_dir is None) == (datalist is None):
         raise ValueError("give exactly one of input_dir and datalist")
     if input_dir is not None:
-        return folder_samples(input_dir)
+        return folder_samples(input_dir, INFERENCE_SUFFIXES)
     path = Path(datalist)
     if not path.is_file():
         raise FileNotFoundError(f"datalist not found: {path}")
@@ -69,18 +69,23 @@ def readable_samples(samples: Sequence[dict]) -> list[dict]:
     Checking before the run lets a batch run lose only the bad files (or frames) instead of stopping.
     """
     load = LoadImage2D()
-    kept = []
-    samples = expand_cine(samples)
+    kept, expanded, unopened = [], [], 0
     for sample in samples:
+        try:
+            expanded += expand_cine([sample])
+        except ValueError as err:  # a video that does not open
+            logger.error("skipping %s: %s", sample["image"], err)
+            unopened += 1
+    for sample in expanded:
         try:
             load(sample["image"], sample["frame"])
         except (OSError, ValueError) as err:
             logger.error("skipping %s: %s", sample["image"] if sample["frame"] == STILL else f"frame {sample['frame']}", err)
             continue
         kept.append(sample)
-    skipped = len(samples) - len(kept)
+    skipped = unopened + len(expanded) - len(kept)
     if skipped:
-        logger.error("%d of %d images could not be read and are skipped", skipped, len(samples))
+        logger.error("%d of %d images could not be read and are skipped", skipped, unopened + len(expanded))
     if not kept:
         raise ValueError("none of the input images could be read (see the errors above)")
     return kept
@@ -121,8 +126,8 @@ class PredictionWriter:
     ``predictions.csv`` with columns file, ``p_<class>`` per classification class and
     ``foreground_pixels``. A cine loop (frames of one file, :mod:`bundle.data.cine`) gives one
     ``<stem>.nii.gz`` mask volume of the input's shape (and, for NIfTI, affine), voxel (i, j, t)
-    labelling input voxel (i, j, t) (a frame that could not be read stays 0), an animated
-    ``<stem>_overlay.gif``, and a CSV row per frame (a ``frame`` column); the log gives the frames
+    labelling input voxel (i, j, t) (a frame that could not be read stays 0), an overlay video
+    ``<stem>_overlay.mp4`` (an animated ``.gif`` without OpenCV), and a CSV row per frame (a ``frame`` column); the log gives the frames
     per second of the run.
 
     Args:
@@ -210,7 +215,7 @@ class PredictionWriter:
         if missing:
             logger.error("%s: frames %s could not be read; they are 0 in the mask volume", source, missing)
         self._save_nifti(volume, source)
-        save_gif([loop["overlays"][t] for t in sorted(loop["overlays"])], self.output_dir / f"{stem_of(source)}_overlay.gif")
+        save_overlay_video([loop["overlays"][t] for t in sorted(loop["overlays"])], self.output_dir / stem_of(source))
 
     def write_table(self, engine: Engine) -> None:
         self.output_dir.mkdir(parents=True, exist_ok=True)

@@ -5,10 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+from monai.utils import optional_import
 from PIL import Image
 from skimage.segmentation import find_boundaries
 
-__all__ = ["overlay", "paletted_overlay", "save_gif", "side_by_side", "save_png"]
+__all__ = ["overlay", "paletted_overlay", "save_gif", "save_overlay_video", "side_by_side", "save_png"]
 
 # One colour per foreground class; class c uses PALETTE[(c - 1) % len].
 PALETTE = np.array([(255, 64, 64), (64, 200, 255), (255, 220, 0), (140, 255, 90), (230, 90, 255)], dtype=np.float32)
@@ -83,6 +84,29 @@ def save_gif(frames: list[Image.Image], path: str | Path, milliseconds_per_frame
     path.parent.mkdir(parents=True, exist_ok=True)
     frames[0].save(path, save_all=True, append_images=frames[1:], duration=milliseconds_per_frame, loop=0)
     return path
+
+
+def save_overlay_video(frames: list[Image.Image], stem_path: str | Path, frames_per_second: int = 25) -> Path:
+    """``<stem>_overlay.mp4`` (MPEG-4 part 2, OpenCV) of ``frames``, or ``<stem>_overlay.gif`` where
+    OpenCV or its encoder is missing; returns the file written.
+
+    Args:
+        frames: the loop's overlay pictures (palette or RGB), in order, one size.
+        stem_path: the output folder and the input's stem.
+    """
+    stem_path = Path(stem_path)
+    stem_path.parent.mkdir(parents=True, exist_ok=True)
+    cv2, found = optional_import("cv2")
+    if found:
+        path = stem_path.with_name(f"{stem_path.name}_overlay.mp4")
+        width, height = frames[0].size
+        writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), frames_per_second, (width, height))
+        if writer.isOpened():
+            for frame in frames:
+                writer.write(np.ascontiguousarray(np.asarray(frame.convert("RGB"))[..., ::-1]))  # OpenCV takes BGR
+            writer.release()
+            return path
+    return save_gif(frames, stem_path.with_name(f"{stem_path.name}_overlay.gif"), 1000 // frames_per_second)
 
 
 def side_by_side(image: np.ndarray, label: np.ndarray, pred: np.ndarray) -> np.ndarray:
