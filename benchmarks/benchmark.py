@@ -362,6 +362,15 @@ def machine() -> dict[str, str]:
     }
 
 
+def report(title: str, markdown: str, result: dict, json_path: Path | None) -> dict:
+    """Print a benchmark's title and table, write its ``result`` to ``json_path`` when given; returns ``result``."""
+    print(title)
+    print(markdown)
+    if json_path:
+        json_path.write_text(json.dumps(result, indent=1) + "\n")
+    return result
+
+
 def table(measurements: list[Measurement], notes: dict[str, str]) -> str:
     """Markdown table: one row per (path, workload), ratios to the reference on the same workload.
 

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import json
 import os
 import re
 import subprocess
@@ -37,7 +36,7 @@ import numpy as np
 from PIL import Image
 
 from benchmarks import BUNDLE_ROOT
-from benchmarks.benchmark import machine
+from benchmarks.benchmark import machine, report
 
 UNLABELLED_DIR = BUNDLE_ROOT.parent / "shared" / "unlabelled"
 DEFAULT_SETTINGS = (
@@ -149,11 +148,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
     parser.add_argument("--json", type=Path)
     args = parser.parse_args(argv)
     result = measure(args.settings, args.frames, args.repeats, args.threads, args.unlabelled_dir)
-    print(f"bare inference on a {args.frames}-frame NIfTI loop, {args.threads} threads, fastest of {args.repeats}")
-    print(table(result))
-    if args.json:
-        args.json.write_text(json.dumps(result, indent=1) + "\n")
-    return result
+    title = f"bare inference on a {args.frames}-frame NIfTI loop, {args.threads} threads, fastest of {args.repeats}"
+    return report(title, table(result), result, args.json)
 
 
 if __name__ == "__main__":

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import statistics
 import tempfile
 from collections.abc import Mapping, Sequence
@@ -25,7 +24,7 @@ from pathlib import Path
 import torch
 
 from benchmarks import BUNDLE_ROOT
-from benchmarks.benchmark import machine
+from benchmarks.benchmark import machine, report
 from benchmarks.runtime_latency import prompts_for, time_call
 from bundle.networks import read_checkpoint, save_checkpoint
 from bundle.networks.perceptguide import PerceptGuide
@@ -122,11 +121,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
     parser.add_argument("--json", type=Path)
     args = parser.parse_args(argv)
     result = measure(args.teacher, args.threads, args.rounds)
-    print(f"students of {args.teacher}, batch 1, {args.threads} threads, median of {args.rounds}")
-    print(table(result))
-    if args.json:
-        args.json.write_text(json.dumps(result, indent=1) + "\n")
-    return result
+    title = f"students of {args.teacher}, batch 1, {args.threads} threads, median of {args.rounds}"
+    return report(title, table(result), result, args.json)
 
 
 if __name__ == "__main__":

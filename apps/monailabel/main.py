@@ -12,7 +12,7 @@ options, given as ``--conf KEY VALUE`` (all optional):
 - ``device``: e.g. ``cpu`` or ``cuda:0`` (default: the configs' choice).
 - ``keep_largest_component``, ``fill_holes``: ``true`` / ``false``, the clean-up of served masks
   (default: that of ``configs/inference.yaml``, both on).
-- ``backend`` (``torch`` / ``onnxruntime``), ``quantize`` (``none`` / ``int8``, onnxruntime only),
+- ``backend`` (``auto`` / ``torch`` / ``onnxruntime``), ``quantize`` (``none`` / ``int8``, onnxruntime only),
   ``num_threads``: how the served network runs (default: that of ``configs/inference.yaml``).
 """
 

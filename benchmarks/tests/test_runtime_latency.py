@@ -1,4 +1,4 @@
-"""benchmarks/runtime_latency.py: every backend timed on one checkpoint, ratios against eager torch."""
+"""benchmarks/runtime_latency.py: every backend timed on each checkpoint, ratios against eager torch and the first checkpoint."""
 
 from __future__ import annotations
 
@@ -7,18 +7,25 @@ import json
 import pytest
 
 from benchmarks import runtime_latency
-from tests.conftest import write_checkpoint
+from tests.conftest import tiny_network, write_checkpoint
 
 pytest.importorskip("onnxruntime")
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-def test_each_backend_gets_a_median_per_batch_and_its_ratio_to_torch(tmp_path, capsys):
-    checkpoint = write_checkpoint(tmp_path / "model.pt")
+def test_each_checkpoint_and_backend_gets_a_median_per_batch_and_its_ratios(tmp_path, capsys):
+    teacher = write_checkpoint(tmp_path / "teacher.pt")
+    student = write_checkpoint(tmp_path / "student.pt", tiny_network(embed_dim=8, num_heads=(2, 2, 4, 4)))
     out = tmp_path / "latency.json"
-    result = runtime_latency.main(["--ckpt_path", str(checkpoint), "--threads", "1", "--rounds", "2", "--batches", "1", "2", "--json", str(out)])
-    assert set(result["ms"]) == {"torch", "onnxruntime", "onnxruntime-int8"}
+    result = runtime_latency.main(
+        ["--ckpt_path", str(teacher), str(student), "--threads", "1", "--rounds", "2", "--batches", "1", "2", "--json", str(out)]
+    )
+    names = {f"{stem} {backend}" for stem in ("teacher", "student") for backend in ("torch", "onnxruntime", "onnxruntime-int8")}
+    assert set(result["ms"]) == names
     assert all(set(row) == {1, 2} and all(ms > 0 for ms in row.values()) for row in result["ms"].values())
-    assert result["speed_up_vs_torch"]["torch"] == {1: 1.0, 2: 1.0}
-    assert json.loads(out.read_text())["image_size"] == result["image_size"]
-    assert "| onnxruntime-int8 |" in capsys.readouterr().out
+    assert result["speed_up_vs_torch"]["student torch"] == {1: 1.0, 2: 1.0}
+    assert result["speed_up_vs_first"]["teacher onnxruntime"] == {1: 1.0, 2: 1.0}
+    ratio = result["ms"]["teacher onnxruntime"][1] / result["ms"]["student onnxruntime"][1]
+    assert result["speed_up_vs_first"]["student onnxruntime"][1] == pytest.approx(ratio)
+    assert json.loads(out.read_text())["image_sizes"] == {"teacher": 64, "student": 64}
+    assert "| student onnxruntime-int8 |" in capsys.readouterr().out
