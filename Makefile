@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo train-demo test venv clean
+.PHONY: demo train-demo train-student test venv clean
 
 venv: $(STAMP)
 
@@ -20,6 +20,9 @@ demo: $(STAMP)
 
 train-demo: $(STAMP)
 	$(BIN)/python scripts/demo.py --train
+
+train-student: $(STAMP)
+	$(BIN)/python scripts/distill.py
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q tests benchmarks/tests

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import importlib.util
 import shutil
+from pathlib import Path
 
 import pytest
 import torch
@@ -14,7 +16,7 @@ from bundle.prompts import DEFAULT_VOCABULARY
 from bundle.workflows.distillation import DistillationLoss, kl_divergence
 from bundle.workflows.losses import TaskMaskedLoss
 from tests.bundle_runner import bare_inference, run_bundle, write_small_datalist
-from tests.conftest import DEMO_DIR, TINY_SIZE, tiny_network, write_checkpoint
+from tests.conftest import DEMO_DIR, REPO_ROOT, TINY_SIZE, tiny_network, write_checkpoint
 
 STUDENT = {"embed_dim": 8, "num_heads": (2, 2, 4, 4), "conv_skips": 4}
 TEACHER = {"conv_skips": 8}
@@ -131,3 +133,26 @@ def test_distill_config_trains_a_self_describing_student_that_infers(tmp_path):
     output = tmp_path / "predictions"
     bare_inference(pool, output, student.source, "thyroid", "organ")
     assert len(list(output.glob("*_overlay.png"))) == 4
+
+
+def distill_script():
+    spec = importlib.util.spec_from_file_location("distill_script", REPO_ROOT / "scripts" / "distill.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_unlabelled_pool_leaves_out_every_image_that_is_also_labelled(tmp_path):
+    pool = tmp_path / "pool"
+    rows = ["id,dataset,source_repo,source_commit,source_path,also_in_shared_labelled"]
+    for folder in ("busi", "hc18", "tg3k"):
+        (pool / folder).mkdir(parents=True)
+        for index, labelled in enumerate(("no", "yes", "no")):
+            name = f"{folder}_u{index}"
+            shutil.copy(sorted((DEMO_DIR / "segmentation" / "TG3K" / "imgs").glob("*.png"))[index], pool / folder / f"{name}.png")
+            rows.append(f"{name},X,repo,commit,path/{index}.png,{labelled}")
+    (pool / "provenance.csv").write_text("\n".join(rows) + "\n")
+    entries = distill_script().link_pool(pool, tmp_path / "links")
+    assert [(entry["organ"], entry["object_type"]) for entry in entries] == [("breast", "tumor"), ("head", "organ"), ("thyroid", "organ")]
+    for entry, folder in zip(entries, ("busi", "hc18", "tg3k")):
+        assert sorted(path.name for path in Path(entry["dir"]).iterdir()) == [f"{folder}_u0.png", f"{folder}_u2.png"]
