@@ -17,7 +17,7 @@ from bundle.workflows.inference import mask_postprocessing
 from bundle.workflows.inferers import PromptInferer
 from bundle.workflows.losses import TaskMaskedLoss
 from bundle.workflows.metrics import MultiTaskMetrics, SampleRecord, summarise
-from bundle.workflows.overlay import overlay, paletted_overlay
+from bundle.workflows.overlay import inner_outline, overlay, paletted_overlay
 from bundle.workflows.schedules import decay_lr
 from bundle.workflows.sync import prompt_parameters
 from tests.bundle_runner import REPO_ROOT, config_files
@@ -274,3 +274,11 @@ def test_a_paletted_overlay_shows_what_the_rgb_overlay_shows_within_a_gray_level
     assert picture.mode == "P"
     difference = np.abs(np.asarray(picture.convert("RGB")).astype(int) - overlay(image, mask).astype(int))
     assert difference.max() <= 2
+
+
+def test_the_overlay_outline_is_skimages_inner_boundary():
+    from skimage.segmentation import find_boundaries
+
+    region = np.random.default_rng(1).random((40, 30)) > 0.5
+    region[:10, :10] = True  # a block on the image corner
+    assert np.array_equal(inner_outline(region), find_boundaries(region, mode="inner"))

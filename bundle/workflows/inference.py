@@ -232,5 +232,5 @@ class PredictionWriter:
             writer.writeheader()
             writer.writerows(sorted(self.rows, key=lambda row: (row["file"], row.get("frame", STILL))))
         seconds = engine.state.times.get(Events.EPOCH_COMPLETED.name)
-        rate = f", {len(self.rows) / seconds:.1f} frames/s" if seconds else ""
+        rate = f", {len(self.rows) / seconds:.1f} {'frames' if self.loops else 'images'}/s" if seconds else ""
         logger.info("wrote %d masks, overlays and %s%s", len(self.rows), path, rate)

