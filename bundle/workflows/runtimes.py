@@ -102,7 +102,6 @@ class OnnxRuntimeNetwork(nn.Module):
             raise ImportError("backend 'onnxruntime' needs the onnxruntime package: pip install onnxruntime")
         options = onnxruntime.SessionOptions()
         options.intra_op_num_threads = max(int(threads), 1)
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         self.path = Path(path)
         self.session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
