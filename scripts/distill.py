@@ -10,7 +10,7 @@ PerceptGuide on the demo data and the unlabelled pool, and write ``models/studen
 
 The command is printed before it runs; ``--resume`` continues an interrupted run. ``--alone`` trains
 the same student by the same recipe without its teacher (no distillation terms, no unlabelled images):
-the baseline the distillation is measured against (``benchmarks/distillation.py``).
+the baseline the distillation is measured against (``benchmarks/distillation_study.py``).
 """
 
 from __future__ import annotations

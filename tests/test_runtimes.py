@@ -48,7 +48,7 @@ def images(tmp_path_factory):
 
 def test_the_onnxruntime_backend_infers_what_torch_does_and_caches_its_graph_by_the_checkpoint(tmp_path, images):
     checkpoint = write_checkpoint(tmp_path / "model.pt")
-    infer(images, tmp_path / "torch", checkpoint)
+    infer(images, tmp_path / "torch", checkpoint, "--backend", "torch")
     log = infer(images, tmp_path / "ort", checkpoint, "--backend", "onnxruntime", "--num_threads", "1")
     cached = tmp_path / f"model.{file_digest(checkpoint)[:16]}.{TINY_SIZE}.onnx"
     assert cached.is_file() and "exporting" in log
@@ -58,7 +58,7 @@ def test_the_onnxruntime_backend_infers_what_torch_does_and_caches_its_graph_by_
         mask_eager = np.array(Image.open(tmp_path / "torch" / eager["file"]))
         mask_ort = np.array(Image.open(tmp_path / "ort" / eager["file"]))
         assert (mask_eager == mask_ort).mean() > 0.999
-    assert "exporting" not in infer(images, tmp_path / "again", checkpoint, "--backend", "onnxruntime")
+    assert "exporting" not in infer(images, tmp_path / "again", checkpoint)  # the default, auto: the cached graph
 
 
 def test_int8_runs_on_onnxruntime_and_is_refused_on_torch(tmp_path, images):

@@ -14,7 +14,7 @@ a cell already there is not run again.
 
 Usage::
 
-    python -m benchmarks.distillation [--epochs 30] [--seeds 0 1] [--cells distilled alone] \\
+    python -m benchmarks.distillation_study [--epochs 25] [--seeds 0 1] [--cells distilled alone] \\
         [--teacher models/pretrained.pt] [--work_dir runs/distillation_study] [--threads 2]
 """
 
@@ -78,7 +78,7 @@ def table(rows: Sequence[Mapping]) -> str:
 
 def main(argv: Sequence[str] | None = None) -> list[dict]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--epochs", type=int, default=30)
+    parser.add_argument("--epochs", type=int, default=25)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     parser.add_argument("--cells", nargs="+", default=list(CELLS), choices=list(CELLS))
     parser.add_argument("--teacher", type=Path, default=BUNDLE_ROOT / "models" / "pretrained.pt")
