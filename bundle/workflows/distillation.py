@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -25,7 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from bundle.networks.distillation import DistillationNetwork, TeacherSignals
-from bundle.networks.model_file import read_checkpoint
+from bundle.networks.model_file import BundleCheckpoint
 from bundle.workflows.consistency import rows_where, unlabelled_pool
 from bundle.workflows.losses import TaskMaskedLoss
 
@@ -114,14 +113,15 @@ class DistillationLoss(nn.Module):
         return loss
 
 
-def distillation_network(student: nn.Module, teacher_ckpt: str | Path, device: torch.device | str) -> DistillationNetwork:
-    """The trainer's network: ``student`` beside the frozen teacher read from ``teacher_ckpt``."""
-    teacher = read_checkpoint(teacher_ckpt).build().to(device)
-    network = DistillationNetwork(student, teacher)
+def distillation_network(student: nn.Module, teacher: BundleCheckpoint, device: torch.device | str) -> DistillationNetwork:
+    """The trainer's network: ``student`` beside the frozen teacher built from the ``teacher`` checkpoint
+    (the one distill.yaml has read for its vocabulary and input size)."""
+    teacher_network = teacher.build().to(device)
+    network = DistillationNetwork(student, teacher_network)
     logger.info(
         "distilling %s (%.2f M parameters) into a student of %.2f M, %d stages aligned",
-        teacher_ckpt,
-        sum(p.numel() for p in teacher.parameters()) / 1e6,
+        teacher.source,
+        sum(p.numel() for p in teacher_network.parameters()) / 1e6,
         sum(p.numel() for p in student.parameters()) / 1e6,
         len(network.maps),
     )
