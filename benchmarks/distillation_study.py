@@ -5,7 +5,10 @@ Cells, each for every seed of ``--seeds``, by the bundle's own command (``script
 - ``distilled``: configs/distill.yaml as the shipped student is trained (teacher outputs and stage
   features, the unlabelled pool);
 - ``alone``: the same student, recipe and number of epochs without the teacher (``--alone``: the
-  task loss on the labelled images only).
+  task loss on the labelled images only);
+- ablations, not run unless named in ``--cells``: ``distilled`` with one part left out,
+  ``no_features`` (``distill_feature_weight`` 0), ``no_logits`` (``distill_seg_weight`` and
+  ``distill_cls_weight`` 0) or ``no_pool`` (no unlabelled images: the labelled ones only).
 
 Every student, and the teacher, is scored by the bare inference command on the demo test split
 (``benchmarks.inference_dice``: letterbox, masks at each image's original size). The runs go one
@@ -14,7 +17,7 @@ a cell already there is not run again.
 
 Usage::
 
-    python -m benchmarks.distillation_study [--epochs 25] [--seeds 0 1] [--cells distilled alone] \\
+    python -m benchmarks.distillation_study [--epochs 25] [--seeds 0 1] [--cells distilled alone no_features no_logits no_pool] \\
         [--teacher models/pretrained.pt] [--work_dir runs/distillation_study] [--threads 2]
 """
 
@@ -34,7 +37,14 @@ from benchmarks import BUNDLE_ROOT
 from benchmarks.benchmark import machine
 from benchmarks.inference_dice import score_split
 
-CELLS = {"distilled": [], "alone": ["--alone"]}
+CELLS = {
+    "distilled": [],
+    "alone": ["--alone"],
+    "no_features": ["--distill_feature_weight", "0"],
+    "no_logits": ["--distill_seg_weight", "0", "--distill_cls_weight", "0"],
+    "no_pool": ["--no_pool"],
+}
+DEFAULT_CELLS = ["distilled", "alone"]
 
 
 def train_student(cell: str, seed: int, epochs: int, teacher: Path, work_dir: Path, threads: int) -> tuple[Path, float]:
@@ -80,7 +90,7 @@ def main(argv: Sequence[str] | None = None) -> list[dict]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--epochs", type=int, default=25)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
-    parser.add_argument("--cells", nargs="+", default=list(CELLS), choices=list(CELLS))
+    parser.add_argument("--cells", nargs="+", default=DEFAULT_CELLS, choices=list(CELLS))
     parser.add_argument("--teacher", type=Path, default=BUNDLE_ROOT / "models" / "pretrained.pt")
     parser.add_argument("--work_dir", type=Path, default=BUNDLE_ROOT / "runs" / "distillation_study")
     parser.add_argument("--threads", type=int, default=2)

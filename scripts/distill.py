@@ -10,7 +10,9 @@ PerceptGuide on the demo data and the unlabelled pool, and write ``models/studen
 
 The command is printed before it runs; ``--resume`` continues an interrupted run. ``--alone`` trains
 the same student by the same recipe without its teacher (no distillation terms, no unlabelled images):
-the baseline the distillation is measured against (``benchmarks/distillation_study.py``).
+the baseline the distillation is measured against (``benchmarks/distillation_study.py``); ``--no_pool``
+leaves the unlabelled pool out. Any further ``--key value`` pair is passed to the bundle command as a
+config override (e.g. ``--distill_feature_weight 0`` switches the feature term off).
 """
 
 from __future__ import annotations
@@ -53,7 +55,8 @@ def link_pool(pool_dir: Path, destination: Path) -> list[dict]:
     return entries
 
 
-def main() -> None:
+def parse_arguments(argv: list[str] | None = None) -> tuple[argparse.Namespace, dict[str, str]]:
+    """The script's options, and the further ``--key value`` pairs as config overrides {key: value}."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--teacher", type=Path, default=TEACHER)
     parser.add_argument("--pool_dir", type=Path, default=POOL_DIR, help="unlabelled pool; absent: labelled images only")
@@ -63,23 +66,37 @@ def main() -> None:
     parser.add_argument("--output", type=Path, default=STUDENT, help="where the student is copied")
     parser.add_argument("--resume", action="store_true")
     parser.add_argument("--alone", action="store_true", help="train the student without the teacher (the baseline)")
-    args = parser.parse_args()
+    parser.add_argument("--no_pool", action="store_true", help="distil on the labelled images only")
+    args, extra = parser.parse_known_args(argv)
+    if len(extra) % 2 or not all(key.startswith("--") and len(key) > 2 for key in extra[::2]):
+        parser.error(f"further arguments are config overrides, '--key value' pairs; got {extra}")
+    return args, dict(zip((key[2:] for key in extra[::2]), extra[1::2]))
 
+
+def bundle_command(args: argparse.Namespace, config_overrides: dict[str, str]) -> list[str]:
+    """The ``python -m monai.bundle run`` command of the recipe with the options' and the further overrides."""
     overrides = {"teacher_ckpt": str(args.teacher), "seed": args.seed, "ckpt_dir": str(args.ckpt_dir),
                  "output_dir": str(ROOT / "runs" / args.ckpt_dir.name), "resume": str(args.resume).lower()}  # fmt: skip
     if args.alone:
         overrides.update(ALONE)
-    elif args.pool_dir.is_dir():
+    elif args.pool_dir.is_dir() and not args.no_pool:
         overrides["unlabelled_dirs"] = repr(link_pool(args.pool_dir, ROOT / "data" / "unlabelled"))
     if args.epochs:
         overrides["epochs"] = args.epochs
-    if not args.resume:
-        for stale in args.ckpt_dir.glob("checkpoint_*.pt"):  # a fresh run: not to be mistaken for this one's
-            stale.unlink()
+    overrides.update(config_overrides)
     command = [sys.executable, "-m", "monai.bundle", "run", "--config_file", repr(RECIPE),
                "--meta_file", "configs/metadata.json", "--logging_file", "configs/logging.conf"]  # fmt: skip
     for key, value in overrides.items():
         command += [f"--{key}", value]
+    return command
+
+
+def main() -> None:
+    args, config_overrides = parse_arguments()
+    command = bundle_command(args, config_overrides)
+    if not args.resume:
+        for stale in args.ckpt_dir.glob("checkpoint_*.pt"):  # a fresh run: not to be mistaken for this one's
+            stale.unlink()
     print(f"$ {shlex.join(command)}", flush=True)
     start = time.monotonic()
     subprocess.run(command, cwd=ROOT, check=True)

@@ -156,3 +156,16 @@ def test_the_unlabelled_pool_leaves_out_every_image_that_is_also_labelled(tmp_pa
     assert [(entry["organ"], entry["object_type"]) for entry in entries] == [("breast", "tumor"), ("head", "organ"), ("thyroid", "organ")]
     for entry, folder in zip(entries, ("busi", "hc18", "tg3k")):
         assert sorted(path.name for path in Path(entry["dir"]).iterdir()) == [f"{folder}_u0.png", f"{folder}_u2.png"]
+
+
+def test_the_distill_script_passes_further_pairs_on_as_config_overrides_and_can_leave_the_pool_out(tmp_path):
+    script = distill_script()
+    args, overrides = script.parse_arguments(
+        ["--pool_dir", str(tmp_path), "--no_pool", "--distill_feature_weight", "0", "--epochs", "3"]
+    )
+    command = script.bundle_command(args, overrides)
+    pairs = dict(zip(command[command.index("--teacher_ckpt") :: 2], command[command.index("--teacher_ckpt") + 1 :: 2]))
+    assert pairs["--distill_feature_weight"] == "0" and pairs["--epochs"] == "3"
+    assert "--unlabelled_dirs" not in pairs
+    with pytest.raises(SystemExit):
+        script.parse_arguments(["--distill_feature_weight"])
