@@ -7,29 +7,110 @@ Runtime graph is exported at batch 1 (``bundle.workflows.runtimes``): its batch 
 Ratios are against eager PyTorch of the same checkpoint, and against the first checkpoint on the
 same backend (e.g. a teacher and its student), all of the same run.
 
+``--references`` adds networks to compare with, at the first checkpoint's input size, random
+weights (latency does not depend on them), eager PyTorch and ONNX Runtime (exported as the
+bundle's graphs are, at batch 1):
+
+- ``official``: the official PerceptGuide code (``--official_repo``, see ``official_network.py``)
+  with the first checkpoint's Swin sizes (width, depths, heads, window); the official network has
+  no convolutional stem or skip path, so those are left out;
+- ``SwinUNETR-24``: MONAI's SwinUNETR in 2D, feature size 24 (no prompts, no classification head).
+
 Usage::
 
     python -m benchmarks.runtime_latency [--ckpt_path models/pretrained.pt [models/student.pt ...]] \\
-        [--threads 2] [--batches 1 8] [--rounds 30] [--json out.json]
+        [--threads 2] [--batches 1 8] [--rounds 30] [--references official SwinUNETR-24] \\
+        [--official_repo ../PerceptGuide] [--json out.json]
 """
 
 from __future__ import annotations
 
 import argparse
 import statistics
+import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 import torch
+from monai.utils import optional_import
+from torch import nn
 
 from benchmarks import BUNDLE_ROOT
-from benchmarks.benchmark import machine, report
-from bundle.networks import read_checkpoint
-from bundle.prompts import PromptVocabulary
+from benchmarks.benchmark import machine, report, swin_unetr
+from bundle.networks import BundleCheckpoint, PerceptGuide, read_checkpoint
+from bundle.prompts import PROMPT_KEYS, PromptVocabulary
 from bundle.workflows.runtimes import runtime_network
 
 BACKENDS = {"torch": ("torch", "none"), "onnxruntime": ("onnxruntime", "none"), "onnxruntime-int8": ("onnxruntime", "int8")}
+
+
+REFERENCES = ("official", "SwinUNETR-24")
+
+
+class PositionalPrompts(nn.Module):
+    """A reference network called with the prompts as positional tensors (the exporter's inputs);
+    a network without prompts is given the image alone."""
+
+    def __init__(self, network: nn.Module, prompted: bool) -> None:
+        super().__init__()
+        self.network, self.prompted = network, prompted
+
+    def forward(self, image: torch.Tensor, *prompts: torch.Tensor):
+        if self.prompted:
+            return self.network(image, dict(zip(PROMPT_KEYS, prompts)))
+        return self.network(image)
+
+
+def reference_networks(names: Sequence[str], checkpoint: BundleCheckpoint, official_repo: str | None) -> dict[str, tuple[nn.Module, bool]]:
+    """name -> (eager network at ``checkpoint``'s input size with random weights, whether it takes prompts)."""
+    networks = {}
+    for name in names:
+        torch.manual_seed(0)
+        if name == "official":
+            if not official_repo:
+                raise ValueError("the official reference needs --official_repo (a checkout or git directory of the official code)")
+            from benchmarks.official_network import build_official
+
+            arguments = {**checkpoint.description.arguments, "conv_skips": 0, "patch_embed": "linear"}
+            networks[name] = (build_official(official_repo, PerceptGuide(**arguments).state_dict(), **arguments), True)
+        elif name == "SwinUNETR-24":
+            networks[name] = (swin_unetr(24), False)
+        else:
+            raise ValueError(f"unknown reference {name!r}; known: {', '.join(REFERENCES)}")
+    return networks
+
+
+def reference_runners(
+    network: nn.Module, prompted: bool, image_size: int, vocabulary: PromptVocabulary, threads: int, folder: Path
+) -> dict[str, Callable[[torch.Tensor, Mapping[str, torch.Tensor]], object]]:
+    """backend -> call ``(image, prompts)`` of a reference network: eager torch, and ONNX Runtime on its
+    graph exported at batch 1 into ``folder`` (a batch of B is B calls, as the bundle's graphs run)."""
+    wrapped = PositionalPrompts(network.eval(), prompted)
+    image = torch.zeros(1, 3, image_size, image_size)
+    prompts = prompts_for(vocabulary, 1)
+    example = (image, *(prompts[key] for key in PROMPT_KEYS)) if prompted else (image,)
+    names = ["image", *PROMPT_KEYS] if prompted else ["image"]
+    runners = {"torch": lambda image, prompts: wrapped(image, *(prompts[key] for key in PROMPT_KEYS))}
+    onnxruntime, found = optional_import("onnxruntime")
+    if not found:
+        return runners
+    path = folder / f"reference{len(list(folder.iterdir()))}.onnx"
+    with torch.no_grad():
+        torch.onnx.export(wrapped, example, str(path), dynamo=False, input_names=names)
+    options = onnxruntime.SessionOptions()
+    options.intra_op_num_threads = threads
+    session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+    def run_session(image: torch.Tensor, prompts: Mapping[str, torch.Tensor]) -> None:
+        for index in range(image.shape[0]):
+            feeds = {"image": image[index : index + 1].numpy()}
+            if prompted:
+                feeds |= {key: prompts[key][index : index + 1].numpy() for key in PROMPT_KEYS}
+            session.run(None, feeds)
+
+    runners["onnxruntime"] = run_session
+    return runners
 
 
 def prompts_for(vocabulary: PromptVocabulary, batch: int) -> dict[str, torch.Tensor]:
@@ -44,10 +125,19 @@ def time_call(call: Callable[[], object]) -> float:
     return time.perf_counter() - start
 
 
-def measure(ckpt_paths: Sequence[Path], threads: int, batches: Sequence[int], rounds: int) -> dict:
-    """``"<checkpoint stem> <backend>"`` -> batch -> median milliseconds per call, and the ratios."""
-    if len({path.stem for path in ckpt_paths}) < len(ckpt_paths):
-        raise ValueError(f"the checkpoints name their rows by file stem, which must differ: {[str(p) for p in ckpt_paths]}")
+def measure(
+    ckpt_paths: Sequence[Path],
+    threads: int,
+    batches: Sequence[int],
+    rounds: int,
+    references: Sequence[str] = (),
+    official_repo: str | None = None,
+) -> dict:
+    """``"<checkpoint stem or reference> <backend>"`` -> batch -> median milliseconds per call, and the ratios."""
+    if len({path.stem for path in ckpt_paths} | set(references)) < len(ckpt_paths) + len(references):
+        raise ValueError(
+            f"rows are named by checkpoint file stem and reference, which must differ: {[str(p) for p in ckpt_paths]}, {list(references)}"
+        )
     torch.set_num_threads(threads)
     runners, images, vocabularies = {}, {}, {}
     for path in ckpt_paths:
@@ -58,6 +148,31 @@ def measure(ckpt_paths: Sequence[Path], threads: int, batches: Sequence[int], ro
         vocabularies[path.stem] = checkpoint.description.prompt_vocabulary
         for name, (backend, quantize) in BACKENDS.items():
             runners[f"{path.stem} {name}"] = (path.stem, runtime_network(network, backend, path, size, threads, quantize))
+    first = ckpt_paths[0].stem
+    with tempfile.TemporaryDirectory() as folder:
+        for reference, (network, prompted) in reference_networks(references, read_checkpoint(ckpt_paths[0]), official_repo).items():
+            images[reference], vocabularies[reference] = images[first], vocabularies[first]
+            for backend, runner in reference_runners(network, prompted, images[first], vocabularies[first], threads, Path(folder)).items():
+                runners[f"{reference} {backend}"] = (reference, runner)
+        medians = interleaved_medians(runners, images, vocabularies, batches, rounds)
+    vs_torch = {name: {b: medians[f"{stem} torch"][b] / ms for b, ms in medians[name].items()} for name, (stem, _) in runners.items()}
+    vs_first = {
+        name: {b: medians[name.replace(stem, first, 1)][b] / ms for b, ms in medians[name].items()}
+        for name, (stem, _) in runners.items()
+    }
+    return {"ckpt_paths": [str(path) for path in ckpt_paths], "references": list(references), "image_sizes": images,
+            "threads": threads, "rounds": rounds, "ms": medians, "speed_up_vs_torch": vs_torch,
+            "speed_up_vs_first": vs_first, "machine": machine()}  # fmt: skip
+
+
+def interleaved_medians(
+    runners: Mapping[str, tuple[str, Callable]],
+    images: Mapping[str, int],
+    vocabularies: Mapping[str, PromptVocabulary],
+    batches: Sequence[int],
+    rounds: int,
+) -> dict[str, dict[int, float]]:
+    """name -> batch -> median milliseconds of ``rounds`` calls, every runner called once per round."""
     medians: dict[str, dict[int, float]] = {name: {} for name in runners}
     with torch.inference_mode():
         for batch in batches:
@@ -73,14 +188,7 @@ def measure(ckpt_paths: Sequence[Path], threads: int, batches: Sequence[int], ro
                     samples[name].append(time_call(lambda: runner(*inputs[stem])))
             for name in runners:
                 medians[name][batch] = 1000 * statistics.median(samples[name])
-    first = ckpt_paths[0].stem
-    vs_torch = {name: {b: medians[f"{stem} torch"][b] / ms for b, ms in medians[name].items()} for name, (stem, _) in runners.items()}
-    vs_first = {
-        name: {b: medians[name.replace(stem, first, 1)][b] / ms for b, ms in medians[name].items()}
-        for name, (stem, _) in runners.items()
-    }
-    return {"ckpt_paths": [str(path) for path in ckpt_paths], "image_sizes": images, "threads": threads, "rounds": rounds,
-            "ms": medians, "speed_up_vs_torch": vs_torch, "speed_up_vs_first": vs_first, "machine": machine()}  # fmt: skip
+    return medians
 
 
 def table(result: dict) -> str:
@@ -99,9 +207,11 @@ def main(argv: Sequence[str] | None = None) -> dict:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 8])
     parser.add_argument("--rounds", type=int, default=30)
+    parser.add_argument("--references", nargs="*", default=[], choices=REFERENCES)
+    parser.add_argument("--official_repo", help="checkout or git directory of the official code (reference 'official')")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args(argv)
-    result = measure(args.ckpt_path, args.threads, args.batches, args.rounds)
+    result = measure(args.ckpt_path, args.threads, args.batches, args.rounds, args.references, args.official_repo)
     title = f"{', '.join(map(str, args.ckpt_path))}: {args.threads} threads, median of {args.rounds} interleaved calls"
     return report(title, table(result), result, args.json)
 

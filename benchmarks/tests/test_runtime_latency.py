@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 
@@ -29,3 +30,30 @@ def test_each_checkpoint_and_backend_gets_a_median_per_batch_and_its_ratios(tmp_
     assert result["speed_up_vs_first"]["student onnxruntime"][1] == pytest.approx(ratio)
     assert json.loads(out.read_text())["image_sizes"] == {"teacher": 64, "student": 64}
     assert "| student onnxruntime-int8 |" in capsys.readouterr().out
+
+
+def test_a_reference_network_is_timed_on_both_backends_at_the_first_checkpoints_size(tmp_path):
+    teacher = write_checkpoint(tmp_path / "teacher.pt")
+    result = runtime_latency.main(
+        ["--ckpt_path", str(teacher), "--threads", "1", "--rounds", "1", "--batches", "1", "--references", "SwinUNETR-24"]
+    )
+    assert {"SwinUNETR-24 torch", "SwinUNETR-24 onnxruntime"} <= set(result["ms"])
+    assert result["image_sizes"]["SwinUNETR-24"] == 64
+    ratio = result["ms"]["teacher onnxruntime"][1] / result["ms"]["SwinUNETR-24 onnxruntime"][1]
+    assert result["speed_up_vs_first"]["SwinUNETR-24 onnxruntime"][1] == pytest.approx(ratio)
+
+
+@pytest.mark.skipif(not os.environ.get("PERCEPTGUIDE_OFFICIAL_REPO"), reason="needs PERCEPTGUIDE_OFFICIAL_REPO")
+def test_the_official_code_is_timed_with_the_checkpoints_swin_sizes(tmp_path):
+    teacher = write_checkpoint(tmp_path / "teacher.pt")
+    result = runtime_latency.main(
+        ["--ckpt_path", str(teacher), "--threads", "1", "--rounds", "1", "--batches", "1", "--references", "official",
+         "--official_repo", os.environ["PERCEPTGUIDE_OFFICIAL_REPO"]]
+    )  # fmt: skip
+    assert {"official torch", "official onnxruntime"} <= set(result["ms"])
+
+
+def test_an_official_reference_without_the_official_code_is_a_clear_error(tmp_path):
+    teacher = write_checkpoint(tmp_path / "teacher.pt")
+    with pytest.raises(ValueError, match="--official_repo"):
+        runtime_latency.main(["--ckpt_path", str(teacher), "--rounds", "1", "--batches", "1", "--references", "official"])
