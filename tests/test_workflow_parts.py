@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 from monai.bundle import ConfigWorkflow
+from monai.data import MetaTensor
 from monai.losses import DiceCELoss
 
 from bundle.flags import as_flag
@@ -282,3 +283,29 @@ def test_the_overlay_outline_is_skimages_inner_boundary():
     region = np.random.default_rng(1).random((40, 30)) > 0.5
     region[:10, :10] = True  # a block on the image corner
     assert np.array_equal(inner_outline(region), find_boundaries(region, mode="inner"))
+
+
+def test_samples_of_one_preprocessing_are_inverted_together_as_each_alone(tmp_path):
+    from PIL import Image
+
+    from bundle.transforms import inference_transforms
+    from bundle.workflows.inference import PredictionWriter, same_trace
+
+    rng = np.random.default_rng(0)
+    shapes = [(90, 120), (90, 120), (70, 50), (90, 120)]
+    samples = []
+    for index, shape in enumerate(shapes):
+        path = tmp_path / f"image{index}.png"
+        Image.fromarray(rng.integers(0, 255, shape, dtype=np.uint8)).save(path)
+        samples.append({"image": str(path)})
+    preprocessing = inference_transforms(32, "breast", "tumor", geometry="letterbox")
+    images = [preprocessing(sample)["image"] for sample in samples]
+    assert same_trace(images[0].applied_operations, images[1].applied_operations)
+    assert not same_trace(images[0].applied_operations, images[2].applied_operations)
+    logits = torch.randn(len(images), 2, 32, 32)
+    writer = PredictionWriter(tmp_path / "out", preprocessing, ["benign", "malignant"])
+    together = writer.invert_grouped(images, logits)
+    for image, batch_logits, inverted, shape in zip(images, logits, together, shapes):
+        alone = writer.invert({"image": image, "pred": MetaTensor(batch_logits)})["pred"]
+        assert inverted.shape == (2, *shape)
+        assert torch.equal(inverted, alone.as_subclass(torch.Tensor))

@@ -2,7 +2,9 @@
 
 Resize-back strategy: the seg logits are mapped to the original image size with MONAI's
 ``Invertd`` through the inverse of the preprocessing (bilinear for logits, then argmax), so the
-mask has exactly the input's size and orientation.
+mask has exactly the input's size and orientation. Samples of a batch that went through the same
+preprocessing (the frames of a cine loop, stills of one size) are inverted in one call, their
+logits stacked along the channel axis: every inverse step acts on each channel alone.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ import csv
 import json
 import logging
 from collections.abc import Callable, Sequence
+from typing import Any
 from pathlib import Path
 
 import nibabel as nib
@@ -121,6 +124,18 @@ def mask_postprocessing(
     return Compose(steps) if steps else None
 
 
+def same_trace(first: Any, second: Any) -> bool:
+    """Whether two transform traces (``MetaTensor.applied_operations``: lists and dicts of numbers,
+    strings, tuples, tensors and arrays) are equal, item by item."""
+    if isinstance(first, dict) and isinstance(second, dict):
+        return first.keys() == second.keys() and all(same_trace(first[key], second[key]) for key in first)
+    if isinstance(first, (list, tuple)) and isinstance(second, (list, tuple)):
+        return len(first) == len(second) and all(same_trace(a, b) for a, b in zip(first, second))
+    if isinstance(first, (torch.Tensor, np.ndarray)) or isinstance(second, (torch.Tensor, np.ndarray)):
+        return np.array_equal(np.asarray(first), np.asarray(second))
+    return type(first) is type(second) and first == second
+
+
 class PredictionWriter:
     """Writes, per image, the mask at its original size, an overlay, and one ``predictions.csv``.
 
@@ -166,11 +181,12 @@ class PredictionWriter:
         seg_logits, cls_logits = engine.state.output[Keys.PRED]
         self.classes = seg_logits.shape[1]
         probabilities = torch.softmax(cls_logits.float(), 1).cpu()
-        for i, sample in enumerate(decollate_batch(engine.state.batch)):
+        samples = decollate_batch(engine.state.batch)
+        original_logits = self.invert_grouped([sample["image"] for sample in samples], seg_logits.detach().cpu())
+        for i, (sample, logits) in enumerate(zip(samples, original_logits)):
             image = sample["image"]
-            logits = self.invert({"image": image, "pred": MetaTensor(seg_logits[i].detach().cpu())})["pred"]
             # max's indices: argmax over a leading dim of two classes took ~9 ms per 256² frame, max 0.4
-            mask = logits.as_subclass(torch.Tensor).max(0, keepdim=True).indices.to(torch.uint8)
+            mask = logits.max(0, keepdim=True).indices.to(torch.uint8)
             if self.postprocessing is not None:
                 mask = torch.as_tensor(self.postprocessing(mask))
             mask = mask[0].numpy().astype(np.uint8)
@@ -191,6 +207,26 @@ class PredictionWriter:
             row.update({f"p_{name}": round(float(p), 6) for name, p in zip(self.class_names, probabilities[i])})
             row["foreground_pixels"] = int((mask > 0).sum())
             self.rows.append(row)
+
+    def invert_grouped(self, images: Sequence[MetaTensor], seg_logits: torch.Tensor) -> list[torch.Tensor]:
+        """Each sample's seg logits at its original size: ``seg_logits`` (B, K, h, w) -> B of (K, H_i, W_i).
+
+        Samples with the same preprocessing trace are inverted together, as one (k·K, h, w) map."""
+        groups: list[list[int]] = []
+        for index, image in enumerate(images):
+            group = next((g for g in groups if same_trace(images[g[0]].applied_operations, image.applied_operations)), None)
+            if group is None:
+                groups.append([index])
+            else:
+                group.append(index)
+        inverted: list[torch.Tensor] = [None] * len(images)
+        classes = seg_logits.shape[1]
+        for group in groups:
+            stacked = MetaTensor(seg_logits[group].flatten(0, 1))
+            logits = self.invert({"image": images[group[0]], "pred": stacked})["pred"].as_subclass(torch.Tensor)
+            for index, chunk in zip(group, logits.unflatten(0, (len(group), classes))):
+                inverted[index] = chunk
+        return inverted
 
     def _file_values(self, mask: np.ndarray) -> np.ndarray:
         """A class-index mask as the files store it: 0/255 for a binary model, class indices otherwise."""
