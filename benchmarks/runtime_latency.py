@@ -43,8 +43,6 @@ from bundle.prompts import PROMPT_KEYS, PromptVocabulary
 from bundle.workflows.runtimes import runtime_network
 
 BACKENDS = {"torch": ("torch", "none"), "onnxruntime": ("onnxruntime", "none"), "onnxruntime-int8": ("onnxruntime", "int8")}
-
-
 REFERENCES = ("official", "SwinUNETR-24")
 
 
@@ -82,10 +80,10 @@ def reference_networks(names: Sequence[str], checkpoint: BundleCheckpoint, offic
 
 
 def reference_runners(
-    network: nn.Module, prompted: bool, image_size: int, vocabulary: PromptVocabulary, threads: int, folder: Path
+    name: str, network: nn.Module, prompted: bool, image_size: int, vocabulary: PromptVocabulary, threads: int, folder: Path
 ) -> dict[str, Callable[[torch.Tensor, Mapping[str, torch.Tensor]], object]]:
-    """backend -> call ``(image, prompts)`` of a reference network: eager torch, and ONNX Runtime on its
-    graph exported at batch 1 into ``folder`` (a batch of B is B calls, as the bundle's graphs run)."""
+    """backend -> call ``(image, prompts)`` of the reference network ``name``: eager torch, and ONNX Runtime
+    on its graph exported at batch 1 into ``folder`` (a batch of B is B calls, as the bundle's graphs run)."""
     wrapped = PositionalPrompts(network.eval(), prompted)
     image = torch.zeros(1, 3, image_size, image_size)
     prompts = prompts_for(vocabulary, 1)
@@ -95,7 +93,7 @@ def reference_runners(
     onnxruntime, found = optional_import("onnxruntime")
     if not found:
         return runners
-    path = folder / f"reference{len(list(folder.iterdir()))}.onnx"
+    path = folder / f"{name}.onnx"
     with torch.no_grad():
         torch.onnx.export(wrapped, example, str(path), dynamo=False, input_names=names)
     options = onnxruntime.SessionOptions()
@@ -152,7 +150,8 @@ def measure(
     with tempfile.TemporaryDirectory() as folder:
         for reference, (network, prompted) in reference_networks(references, read_checkpoint(ckpt_paths[0]), official_repo).items():
             images[reference], vocabularies[reference] = images[first], vocabularies[first]
-            for backend, runner in reference_runners(network, prompted, images[first], vocabularies[first], threads, Path(folder)).items():
+            backends = reference_runners(reference, network, prompted, images[first], vocabularies[first], threads, Path(folder))
+            for backend, runner in backends.items():
                 runners[f"{reference} {backend}"] = (reference, runner)
         medians = interleaved_medians(runners, images, vocabularies, batches, rounds)
     vs_torch = {name: {b: medians[f"{stem} torch"][b] / ms for b, ms in medians[name].items()} for name, (stem, _) in runners.items()}
