@@ -74,7 +74,8 @@ def parse_arguments(argv: list[str] | None = None) -> tuple[argparse.Namespace, 
 
 
 def bundle_command(args: argparse.Namespace, config_overrides: dict[str, str]) -> list[str]:
-    """The ``python -m monai.bundle run`` command of the recipe with the options' and the further overrides."""
+    """The ``python -m monai.bundle run`` command of the recipe with the options' and the further overrides;
+    links the unlabelled pool (:func:`link_pool`) when the run distils on it."""
     overrides = {"teacher_ckpt": str(args.teacher), "seed": args.seed, "ckpt_dir": str(args.ckpt_dir),
                  "output_dir": str(ROOT / "runs" / args.ckpt_dir.name), "resume": str(args.resume).lower()}  # fmt: skip
     if args.alone:

@@ -13,8 +13,8 @@ import csv
 import json
 import logging
 from collections.abc import Callable, Sequence
-from typing import Any
 from pathlib import Path
+from typing import Any
 
 import nibabel as nib
 import numpy as np
