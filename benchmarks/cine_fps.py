@@ -107,6 +107,12 @@ def command_seconds(
     return seconds, usage.ru_maxrss / 1024, float(rates[-1]) if rates else None
 
 
+def frames_written(output_dir: Path) -> int:
+    """Rows of the ``predictions.csv`` the inference command wrote in ``output_dir``: one per frame."""
+    with open(output_dir / "predictions.csv", newline="", encoding="utf-8") as handle:
+        return sum(1 for _ in csv.DictReader(handle))
+
+
 def measure(settings: Sequence[str], frames: int, repeats: int, threads: int, unlabelled_dir: Path) -> dict:
     """setting -> seconds for 1 and for ``frames`` frames, ms per frame and frames per second."""
     parsed = [parse_setting(text) for text in settings]
@@ -123,6 +129,9 @@ def measure(settings: Sequence[str], frames: int, repeats: int, threads: int, un
             for name, checkpoint, backend in parsed:
                 for length, loop in loops.items():
                     seconds, mib, rate = command_seconds(loop.parent, root / "out", checkpoint, backend, threads)
+                    written = frames_written(root / "out")
+                    if written != length:  # a short loop read as channels would time one frame
+                        raise RuntimeError(f"{name}: the command wrote {written} rows for a loop of {length} frames")
                     times[name][length].append(seconds)
                     peak[name] = max(peak[name], mib)
                     if length == frames and rate:

@@ -22,12 +22,13 @@ def test_the_loop_holds_unseen_thyroid_frames_in_source_order(tmp_path):
 
 
 def test_per_frame_cost_is_the_difference_of_a_long_and_a_one_frame_run(tmp_path):
+    """Which run is longer is not asserted: at 5 tiny frames the start-up's spread decides it."""
     pool = require_shared("unlabelled")
     checkpoint = write_checkpoint(tmp_path / "model.pt")
     # 5 frames: a NIfTI with 4 or fewer along its third axis holds channels, not frames (bundle.data.cine)
     result = cine_fps.measure([f"tiny={checkpoint}:torch"], frames=5, repeats=1, threads=1, unlabelled_dir=pool)
     row = result["settings"]["tiny"]
-    assert row["backend"] == "torch" and row["seconds_5"] > row["seconds_1"] > 0
+    assert row["backend"] == "torch" and row["seconds_5"] > 0 and row["seconds_1"] > 0
     assert row["ms_per_frame"] == pytest.approx(1000 * (row["seconds_5"] - row["seconds_1"]) / 4)
     assert row["peak_rss_mib"] > 100  # a python process with torch and MONAI
     assert row["engine_frames_per_second"] > 0  # the command's own log line
