@@ -189,7 +189,7 @@ SSL_POOL = {"unlabelled_dirs": [str(REPO_ROOT / "data" / "demo" / "segmentation"
     [(["pretrain"], "train"), (["pretrain", "sync"], "train"), (["pretrain", "finetune"], "train"),
      (["ssl_pretrain"], "train"), (["evaluate"], "infer"), (["inference"], "infer")],
 )  # fmt: skip
-def test_configs_satisfy_the_monai_bundle_workflow_contract(stages, workflow_type, monkeypatch, tiny_checkpoint):
+def test_configs_satisfy_the_monai_bundle_workflow_contract(stages, workflow_type, monkeypatch, tiny_checkpoint, tmp_path):
     monkeypatch.chdir(REPO_ROOT)
     workflow = ConfigWorkflow(
         config_file=config_files(*stages),
@@ -198,6 +198,10 @@ def test_configs_satisfy_the_monai_bundle_workflow_contract(stages, workflow_typ
         workflow_type=workflow_type,
         ckpt_path=str(tiny_checkpoint),
         init_ckpt=str(tiny_checkpoint),
+        # building the engines makes their event and checkpoint folders: keep them out of the repo
+        ckpt_dir=str(tmp_path / "models"),
+        output_dir=str(tmp_path / "runs"),
+        eval_dir=str(tmp_path / "eval"),
         **(SSL_POOL if "ssl_pretrain" in stages else {}),
     )
     workflow.initialize()

@@ -279,8 +279,10 @@ def test_multi_gpu_override_trains_with_two_gloo_processes(workdir, datalist):
         ("pretrain", {"resume": "maybe"}, "resume must be true or false, got 'maybe'"),
     ],
 )
-def test_bad_settings_stop_with_a_message_naming_the_cause(stage, overrides, message, tiny_checkpoint):
-    result = run_bundle(stage, overrides={"ckpt_path": tiny_checkpoint, **overrides}, check=False)
+def test_bad_settings_stop_with_a_message_naming_the_cause(stage, overrides, message, tiny_checkpoint, tmp_path):
+    # some settings fail after the engines made their output folders: keep those out of the repo
+    outputs = {"ckpt_dir": tmp_path / "models", "output_dir": tmp_path / "runs"}
+    result = run_bundle(stage, overrides={"ckpt_path": tiny_checkpoint, **outputs, **overrides}, check=False)
     assert result.returncode != 0
     assert message in result.stdout + result.stderr
 
@@ -303,7 +305,7 @@ def test_unreadable_training_image_stops_before_training_naming_the_file(workdir
     content["training"][0]["image"] = str(broken)
     bad_list = workdir / "bad_datalist.json"
     bad_list.write_text(json.dumps(content))
-    result = run_bundle("pretrain", overrides={"datalist": bad_list, "ckpt_dir": workdir / "never"}, check=False)
+    result = run_bundle("pretrain", overrides={"datalist": bad_list, "ckpt_dir": workdir / "never", "output_dir": workdir / "never_runs"}, check=False)
     assert result.returncode != 0
     assert f"cannot read image file {broken}" in result.stdout + result.stderr
     assert not (workdir / "never").exists()

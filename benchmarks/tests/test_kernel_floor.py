@@ -39,6 +39,6 @@ def test_prints_a_row_per_batch_with_a_floor_below_the_fast_path(capsys: pytest.
     assert ("training step" if train else "inference forward") in out
     assert [line.split("|")[1].strip() for line in out.splitlines() if line.startswith("| 1 |")] == ["1"]
     result = floors[1]
-    # GEMMs are most of this network's work, but never all of a call
-    assert 0 < result.gemm < result.fast
+    # the GEMM time and the call time come from separate calls: which is larger is not asserted
+    assert result.gemm > 0 and result.fast > 0
     assert result.attention == 0 if train else result.attention > 0
