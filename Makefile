@@ -24,8 +24,12 @@ train-demo: $(STAMP)
 train-student: $(STAMP)
 	$(BIN)/python scripts/distill.py
 
+# One worker per core, a test file per worker at a time (module fixtures such as the Label server
+# stay in one process); tests/conftest.py gives each worker's torch and subprocesses one thread.
+TEST_WORKERS ?= 2
+
 test: $(STAMP)
-	$(BIN)/python -m pytest -q tests benchmarks/tests
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile tests benchmarks/tests
 
 clean:
 	rm -rf $(VENV)

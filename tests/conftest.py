@@ -18,6 +18,14 @@ TINY_NET: dict = {"embed_dim": 12, "encoder_depths": (1, 1, 1, 1), "decoder_dept
 TINY_SIZE = 64
 SHARED_DIR = Path(os.environ.get("PERCEPTGUIDE_SHARED", REPO_ROOT.parent / "shared"))
 
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # make test runs one worker per core: a second thread in a worker or in the commands it starts
+    # would oversubscribe the cores (OpenMP threads spinning at barriers)
+    os.environ["OMP_NUM_THREADS"] = "1"
+    import torch
+
+    torch.set_num_threads(1)
+
 
 def require_shared(relative: str) -> Path:
     """Path of ``relative`` inside ../shared; skip (or fail under REQUIRE_SHARED=1) if absent."""

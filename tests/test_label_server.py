@@ -49,7 +49,7 @@ TRAIN_IMAGES = 6
 # the tiny network's mean Dice on them from 0.23 to 0.29 (20 steps: no gain)
 FULL_EPOCHS = 200
 VENV_BUILD_TIMEOUT = 1800  # a cold build takes about 4-7 minutes here
-READY_TIMEOUT = 180
+READY_TIMEOUT = 360  # start-up and first requests, with another test file running beside it
 TRAIN_TIMEOUT = 600
 
 
