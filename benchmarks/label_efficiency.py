@@ -45,7 +45,8 @@ seconds). The markdown table (mean ± standard deviation over seeds, per dataset
 written with ``--markdown``; ``--plot`` draws Dice against the labelled fraction (matplotlib: the
 bench extra). A stage whose ``stage.json`` records a success of the same command does not run
 again, so a study that stopped continues where it was. ``--dry-run`` prints the commands and
-writes nothing.
+writes nothing. ``--merge A.json B.json`` runs nothing and reports the cells of several results files
+as one table (and plot): a study run in parts, a part per invocation.
 
 Usage::
 
@@ -53,6 +54,7 @@ Usage::
         [--seed_fractions 0.1 1.0] [--methods scratch ssl ssl+consistency unet] [--ablations] \\
         [--unlabelled DIR ORGAN OBJECT_TYPE ...] [--ssl_ckpt FILE] [--steps N] [--ssl_steps N] \\
         [--work_dir runs/label_efficiency] [--markdown FILE] [--plot FILE] [--dry-run]
+    python -m benchmarks.label_efficiency --merge A.json B.json [--markdown FILE] [--plot FILE]
 """
 
 from __future__ import annotations
@@ -663,6 +665,26 @@ def run_plan(plan: Plan, threads: int) -> dict:
     return {"settings": plan.settings, "cells": [cell_row(cell, records) for cell in plan.cells], "stages": records}
 
 
+def merged_cells(paths: Sequence[Path]) -> list[dict]:
+    """The cells of several results files, one per (method, fraction, seed): a later file's row wins."""
+    cells: dict[tuple, dict] = {}
+    for path in paths:
+        for row in json.loads(Path(path).read_text())["cells"]:
+            cells[(row["method"], row["fraction"], row["seed"])] = row
+    return list(cells.values())
+
+
+def write_report(cells: Sequence[Mapping], markdown: str | None, plot_path: str | None) -> str:
+    """Print the table of ``cells``; also write it to ``markdown`` and draw it to ``plot_path`` when given."""
+    text = table(cells)
+    print(f"\n{text}\n")
+    if markdown:
+        Path(markdown).write_text(text + "\n")
+    if plot_path:
+        plot(cells, Path(plot_path))
+    return text
+
+
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--dataset_dir", default=str(DEMO_DATA), help="the registry's folder (datasets.yaml)")
@@ -692,12 +714,20 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--markdown", help="also write the table here")
     parser.add_argument("--plot", help="write a PNG of Dice against the labelled fraction here (needs matplotlib)")
     parser.add_argument("--dry-run", action="store_true", help="print the commands, run and write nothing")
+    parser.add_argument(
+        "--merge", nargs="+", metavar="RESULTS_JSON",
+        help="run nothing: one table (and plot) of these results files' cells, e.g. of a study run in parts",
+    )  # fmt: skip
     return parser.parse_args(argv)
 
 
 def main(argv: Sequence[str] | None = None) -> dict | None:
     """Run the study (or print it with ``--dry-run``); returns results.json's content."""
     args = parse_args(argv)
+    if args.merge:
+        cells = merged_cells(args.merge)
+        write_report(cells, args.markdown, args.plot)
+        return {"cells": cells}
     plan = build_plan(args)
     if args.dry_run:
         print(dry_run_text(plan))
@@ -706,12 +736,8 @@ def main(argv: Sequence[str] | None = None) -> dict | None:
     output = Path(args.json or Path(args.work_dir) / "results.json")
     output.parent.mkdir(parents=True, exist_ok=True)
     output.write_text(json.dumps(results, indent=1) + "\n")
-    text = table(results["cells"])
-    print(f"\n{text}\n\nresults: {output}")
-    if args.markdown:
-        Path(args.markdown).write_text(text + "\n")
-    if args.plot:
-        plot(results["cells"], Path(args.plot))
+    write_report(results["cells"], args.markdown, args.plot)
+    print(f"results: {output}")
     failed = [key for key, record in results["stages"].items() if record.get("returncode") != 0]
     if failed:
         raise SystemExit(f"{len(failed)} stages did not succeed: {', '.join(failed)}")

@@ -181,6 +181,23 @@ def test_table_gives_mean_and_spread_over_seeds_per_dataset() -> None:
     assert lines[3] == "| 10 % | 7 / 4 | ssl | 1 | 0.500 | 0.700 | 0.600 | 2.0 |"
 
 
+def test_merge_reports_the_cells_of_several_results_files_as_one_table(tmp_path: Path) -> None:
+    def cell(method: str, fraction: float, dice: float) -> dict:
+        return {"method": method, "fraction": fraction, "seed": 0, "labelled": {"A": 3}, "dice": {"A": dice}, "train_cpu_s": 60.0}
+
+    first, second, markdown = tmp_path / "a.json", tmp_path / "b.json", tmp_path / "table.md"
+    first.write_text(json.dumps({"cells": [cell("scratch", 0.1, 0.2), cell("ssl", 0.1, 0.3)]}))
+    second.write_text(json.dumps({"cells": [cell("scratch", 1.0, 0.6), cell("ssl", 0.1, 0.4)]}))
+    result = le.main(["--merge", str(first), str(second), "--markdown", str(markdown)])
+    assert len(result["cells"]) == 3  # the ssl cell of both files once, as the later file has it
+    lines = markdown.read_text().splitlines()
+    assert lines[2:] == [
+        "| 10 % | 3 | scratch | 1 | 0.200 | 0.200 | 1.0 |",
+        "| 10 % | 3 | ssl | 1 | 0.400 | 0.400 | 1.0 |",
+        "| 100 % | 3 | scratch | 1 | 0.600 | 0.600 | 1.0 |",
+    ]
+
+
 def test_plot_draws_dice_against_the_fraction_per_dataset(tmp_path: Path) -> None:
     rows = [
         {"method": method, "fraction": fraction, "seed": seed, "labelled": {"A": 1}, "dice": {"A": dice + seed / 100}}
