@@ -722,7 +722,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 
 def main(argv: Sequence[str] | None = None) -> dict | None:
-    """Run the study (or print it with ``--dry-run``); returns results.json's content."""
+    """Run the study (or print it with ``--dry-run``); returns results.json's content, or with
+    ``--merge`` only the merged cells."""
     args = parse_args(argv)
     if args.merge:
         cells = merged_cells(args.merge)

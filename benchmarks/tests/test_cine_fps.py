@@ -35,3 +35,11 @@ def test_per_frame_cost_is_the_difference_of_a_long_and_a_one_frame_run(tmp_path
     assert "| tiny | torch |" in cine_fps.table(result)
     with pytest.raises(ValueError, match="NAME=CKPT"):
         cine_fps.parse_setting("no-checkpoint")
+
+
+def test_a_loop_the_command_does_not_read_frame_by_frame_is_refused(tmp_path):
+    """4 frames along the third axis are read as channels: one row, not a loop's four, so no timing."""
+    pool = require_shared("unlabelled")
+    checkpoint = write_checkpoint(tmp_path / "model.pt")
+    with pytest.raises(RuntimeError, match="wrote 1 rows for a loop of 4 frames"):
+        cine_fps.measure([f"tiny={checkpoint}:torch"], frames=4, repeats=1, threads=1, unlabelled_dir=pool)

@@ -31,7 +31,7 @@ def test_floor_is_the_kernel_time_and_ceiling_the_baseline_over_it():
 
 
 @pytest.mark.parametrize("train", [False, True])
-def test_prints_a_row_per_batch_with_a_floor_below_the_fast_path(capsys: pytest.CaptureFixture, train: bool) -> None:
+def test_prints_a_row_per_batch_with_its_gemm_and_attention_times(capsys: pytest.CaptureFixture, train: bool) -> None:
     argv = ["--batches", "1", "--repeats", "1", "--warmup", "1", "--threads", "1", *SMALL.argv()]
     argv += ["--train"] if train else []
     floors = kernel_floor.main(argv)
