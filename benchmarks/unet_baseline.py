@@ -19,7 +19,7 @@ budget, the time analogue of the bundle's per-iteration schedule.
 Usage::
 
     python -m benchmarks.unet_baseline [--minutes 12] [--clock wall|process] [--dataset_dir data/demo] \\
-        [--registry_file FILE.yaml] [--datalist FILE.json ...] [--image_size 160] [--batch_size 16] [--lr 1e-3] \\
+        [--registry_file FILE.yaml] [--datalist FILE.json ...] [--image_size 160] [--batch_size 16] [--lr 1e-3] [--letterbox_prob P] \\
         [--threads 2] [--init unet.pt] [--save unet.pt] [--json out.json]
 
 ``--save`` writes the trained state dict; ``--init`` starts from one (the transfer baseline of issue 24:
@@ -75,9 +75,12 @@ def segmentation_samples(registry: DatasetRegistry, split: str, datalist: str | 
     return verify_samples(kept, registry)
 
 
-def unet_train_transforms(image_size: int, registry: DatasetRegistry, input_mode: str) -> Compose:
-    """The bundle's training chain; with ``input_mode="whole"`` its random input mode always picks whole."""
-    chain = train_transforms(image_size, registry)
+def unet_train_transforms(
+    image_size: int, registry: DatasetRegistry, input_mode: str, letterbox_prob: float = 0.0
+) -> Compose:
+    """The bundle's training chain; with ``input_mode="whole"`` its random input mode always picks whole;
+    ``letterbox_prob`` of the samples are resized as the inference command resizes them."""
+    chain = train_transforms(image_size, registry, letterbox_prob=letterbox_prob)
     if input_mode == "official":
         return chain
     if input_mode != "whole":
@@ -135,7 +138,7 @@ def run(args: argparse.Namespace) -> dict:
     classes = registry.num_seg_classes
     train = segmentation_samples(registry, "train", args.datalist)
     test = segmentation_samples(registry, args.split, args.datalist)
-    train_ds = CacheDataset(train, unet_train_transforms(args.image_size, registry, args.input_mode), num_workers=0)
+    train_ds = CacheDataset(train, unet_train_transforms(args.image_size, registry, args.input_mode, args.letterbox_prob), num_workers=0)
     train_loader = DataLoader(
         train_ds, batch_size=args.batch_size, drop_last=True,
         # at least one batch per epoch: a few images (fewer than a batch) still train
@@ -208,6 +211,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--batch_size", type=int, default=16)
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--input_mode", choices=INPUT_MODES, default="whole")
+    parser.add_argument(
+        "--letterbox_prob", type=float, default=0.0, help="share of training samples letterboxed (pretrain.yaml's)"
+    )
     parser.add_argument("--geometry", choices=["crop", "letterbox"], default="crop", help="of the test images (evaluate.yaml's)")
     parser.add_argument("--split", default="test")
     parser.add_argument("--seed", type=int, default=0)

@@ -12,6 +12,7 @@ from ignite.engine import Engine
 
 from benchmarks import DEMO_DATA, unet_baseline
 from bundle.prompts import MODES
+from bundle.transforms import RandLetterboxInterpolated
 from tests.bundle_runner import write_small_datalist
 
 
@@ -93,3 +94,11 @@ def test_table_has_a_row_per_model_and_the_mean_of_datasets() -> None:
     assert lines[2] == "| U-Net untrained | 0.100 | 0.300 | 0.200 |"
     assert lines[3] == "| U-Net 12 min | 0.900 | 0.500 | 0.700 |"
     assert not math.isnan(float(lines[3].split("|")[-2]))
+
+
+@pytest.mark.parametrize("letterbox_prob", [0.0, 0.5])
+def test_letterbox_share_reaches_the_training_chain(letterbox_prob: float) -> None:
+    registry = unet_baseline.load_registry(DEMO_DATA / "datasets.yaml")
+    chain = unet_baseline.unet_train_transforms(32, registry, "whole", letterbox_prob)
+    letterboxes = [t for t in chain.transforms if isinstance(t, RandLetterboxInterpolated)]
+    assert [t.prob for t in letterboxes] == ([letterbox_prob] if letterbox_prob else [])
