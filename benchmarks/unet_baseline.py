@@ -18,7 +18,7 @@ budget, the time analogue of the bundle's per-iteration schedule.
 
 Usage::
 
-    python -m benchmarks.unet_baseline [--minutes 12] [--clock wall|process] [--dataset_dir data/demo] \\
+    python -m benchmarks.unet_baseline [--minutes 12 | --steps N] [--clock wall|process] [--dataset_dir data/demo] \\
         [--registry_file FILE.yaml] [--datalist FILE.json ...] [--image_size 160] [--batch_size 16] [--lr 1e-3] [--letterbox_prob P] \\
         [--threads 2] [--init unet.pt] [--save unet.pt] [--json out.json]
 
@@ -107,20 +107,24 @@ def evaluate(network: torch.nn.Module, loader: DataLoader, seg_classes: int) -> 
 CLOCKS = {"wall": time.monotonic, "process": time.process_time}
 
 
-def attach_time_budget(
-    trainer: Engine, optimizer: torch.optim.Optimizer, lr: float, seconds: float, clock: str = "wall"
+def attach_budget(
+    trainer: Engine, optimizer: torch.optim.Optimizer, lr: float, seconds: float, clock: str = "wall", steps: int | None = None
 ) -> None:
-    """After every iteration: lr = lr0 · (1 - elapsed / budget)^0.9; stop once the budget is spent.
+    """After every iteration: lr = lr0 · (1 - spent)^0.9; stop once the budget is spent.
 
-    ``clock="process"`` counts this process's CPU seconds (all its threads) instead of wall
+    The budget is ``steps`` iterations when given (a reproducible run), else ``seconds`` of
+    ``clock``: ``"process"`` counts this process's CPU seconds (all its threads) instead of wall
     time: on a machine shared with other jobs, one thread and a process-time budget give the
     training a quiet core would do in that wall time.
     """
     now = CLOCKS[clock]
     start = now()
 
+    def spent(engine: Engine) -> float:
+        return engine.state.iteration / steps if steps else (now() - start) / seconds
+
     def step(engine: Engine) -> None:
-        fraction = (now() - start) / seconds
+        fraction = spent(engine)
         if fraction >= 1.0:
             engine.terminate()
             return
@@ -161,7 +165,7 @@ def run(args: argparse.Namespace) -> dict:
         optimizer=optimizer,
         loss_function=DiceCELoss(to_onehot_y=True, softmax=True),
     )
-    attach_time_budget(trainer, optimizer, args.lr, args.minutes * 60, args.clock)
+    attach_budget(trainer, optimizer, args.lr, args.minutes * 60, args.clock, args.steps)
     start, cpu_start = time.monotonic(), time.process_time()
     trainer.run()
     seconds, cpu_seconds = time.monotonic() - start, time.process_time() - cpu_start
@@ -191,7 +195,8 @@ def table(result: dict) -> str:
     for name in ("untrained", "trained"):
         dice = [result[name][d]["dice"] for d in datasets]
         mean = sum(dice) / len(dice) if not any(math.isnan(v) for v in dice) else math.nan
-        label = f"U-Net {name}" if name == "untrained" else f"U-Net {result['args']['minutes']:g} min"
+        budget = f"{steps} steps" if (steps := result["args"].get("steps")) else f"{result['args']['minutes']:g} min"
+        label = f"U-Net {name}" if name == "untrained" else f"U-Net {budget}"
         rows.append(f"| {label} | " + " | ".join(f"{v:.3f}" for v in dice) + f" | {mean:.3f} |")
     return "\n".join(rows)
 
@@ -206,6 +211,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--init", help="start from this U-Net state dict (a --save of another run)")
     parser.add_argument("--save", help="write the trained U-Net's state dict here")
     parser.add_argument("--minutes", type=float, default=12.0, help="training budget")
+    parser.add_argument("--steps", type=int, help="train this many iterations instead of a time budget")
     parser.add_argument("--clock", choices=sorted(CLOCKS), default="wall", help="what the budget counts")
     parser.add_argument("--image_size", type=int, default=160)
     parser.add_argument("--batch_size", type=int, default=16)

@@ -76,11 +76,21 @@ def test_time_budget_decays_the_learning_rate_then_stops_the_engine(clock: str) 
         lrs.append(optimizer.param_groups[0]["lr"])
 
     engine = Engine(busy)
-    unet_baseline.attach_time_budget(engine, optimizer, lr=1.0, seconds=0.5, clock=clock)
+    unet_baseline.attach_budget(engine, optimizer, lr=1.0, seconds=0.5, clock=clock)
     engine.run(range(10), max_epochs=1000)
     assert 4 <= engine.state.iteration < 1000  # stopped by the budget, not by max_epochs
     assert lrs[0] == 1.0 and all(b < a for a, b in zip(lrs[1:], lrs[2:]))
     assert 0.0 < lrs[-1] < 0.5
+
+
+def test_a_step_budget_stops_at_that_iteration_with_the_rate_decayed_by_steps() -> None:
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    lrs: list[float] = []
+    engine = Engine(lambda engine, batch: lrs.append(optimizer.param_groups[0]["lr"]))
+    unet_baseline.attach_budget(engine, optimizer, lr=1.0, seconds=1e-9, steps=8)  # the steps win over the clock
+    engine.run(range(3), max_epochs=100)
+    assert engine.state.iteration == 8
+    assert lrs[:2] == [1.0, pytest.approx((1 - 1 / 8) ** 0.9)]
 
 
 def test_table_has_a_row_per_model_and_the_mean_of_datasets() -> None:
