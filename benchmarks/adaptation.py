@@ -398,14 +398,22 @@ def report(rows: Sequence[Mapping], args: argparse.Namespace) -> None:
         plot(rows, Path(args.plot))
 
 
+def joined_cells(paths: Sequence[str | Path]) -> list[dict]:
+    """The cells of several studies' ``results.json``: a cell found in several (the shipped one) counts
+    once, the first scored one; a cell stopped before its evaluation (no Dice) gives way to a scored one."""
+    rows: dict[tuple, dict] = {}
+    for path in paths:
+        for row in json.loads(Path(path).read_text())["cells"]:
+            key = (row["method"], row["count"], row["seed"])
+            if key not in rows or (row["dice"] and not rows[key]["dice"]):
+                rows[key] = row
+    return list(rows.values())
+
+
 def main(argv: Sequence[str] | None = None) -> dict | None:
     args = parse_args(argv)
     if args.tables:  # studies run apart (e.g. two processes of one thread each) reported as one
-        rows = {}
-        for path in args.tables:  # a cell found in several studies (the shipped one) counts once
-            for row in json.loads(Path(path).read_text())["cells"]:
-                rows.setdefault((row["method"], row["count"], row["seed"]), row)
-        report(list(rows.values()), args)
+        report(joined_cells(args.tables), args)
         return None
     planner = Planner(args)
     planner.build()

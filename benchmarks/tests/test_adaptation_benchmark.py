@@ -81,3 +81,14 @@ def test_a_finetune_cell_runs_end_to_end_and_writes_its_row(tmp_path: Path) -> N
     assert set(row["dice"]) == {"busbra", "mmotu"} and all(0.0 <= v <= 1.0 for v in row["dice"].values())
     assert "| 5 | finetune | 1 |" in markdown.read_text()
     assert ad.main(argv)["stages"] == results["stages"]  # every stage found done: nothing ran again
+
+
+def test_joined_studies_count_a_cell_once_and_an_unscored_one_gives_way(tmp_path: Path) -> None:
+    def cell(method: str, count: int, dice: dict) -> dict:
+        return {"method": method, "count": count, "seed": 0, "dice": dice, "forgetting": {}}
+
+    first, second = tmp_path / "first.json", tmp_path / "second.json"
+    first.write_text(json.dumps({"cells": [cell("shipped", 0, {"a": 0.4}), cell("scratch", 20, {})]}))
+    second.write_text(json.dumps({"cells": [cell("shipped", 0, {"a": 0.9}), cell("scratch", 20, {"a": 0.3})]}))
+    joined = {(row["method"], row["count"]): row["dice"] for row in ad.joined_cells([first, second])}
+    assert joined == {("shipped", 0): {"a": 0.4}, ("scratch", 20): {"a": 0.3}}
