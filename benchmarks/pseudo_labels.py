@@ -46,6 +46,12 @@ from bundle.workflows.inference import PredictionWriter, collect_images, mask_po
 __all__ = ["flagged_ids", "label_folder", "main"]
 
 
+def binary_classes(object_type: str) -> dict[str, int]:
+    """The mask values ``PredictionWriter`` writes for a binary model, declared rather than read from
+    the masks (a teacher that finds no object, or only object, leaves one value there)."""
+    return {"background": 0, object_type: 255}
+
+
 def flagged_ids(provenance: str | Path) -> set[str]:
     """The ids a pool's ``provenance.csv`` flags ``also_in_shared_labelled = yes``."""
     with open(provenance, newline="", encoding="utf-8") as handle:
@@ -118,8 +124,11 @@ def main(argv: Sequence[str] | None = None) -> None:
             teacher, folder, args.out / name, args.out / "overlays" / name, args.image_size, organ, object_type, skip
         )
         report = make_datalist(
-            args.out / name, args.out / f"{name}.json", DatalistSpec(name, (SEGMENTATION,), organ, object_type),
-            registry, fractions=(1.0, 0.0, 0.0),
+            args.out / name,
+            args.out / f"{name}.json",
+            DatalistSpec(name, (SEGMENTATION,), organ, object_type, seg_classes=binary_classes(object_type)),
+            registry,
+            fractions=(1.0, 0.0, 0.0),
         )
         print(f"{name}: {labelled} images labelled by the teacher in {args.out / name}\n{report}")
     print(f"registry: {registry}")

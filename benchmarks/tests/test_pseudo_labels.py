@@ -37,9 +37,10 @@ def test_flagged_ids_are_the_rows_marked_also_labelled(tmp_path) -> None:
     assert pseudo_labels.flagged_ids(csv_path) == {"a_2", "b_1"}
 
 
-def test_masks_come_back_at_each_images_size_and_skipped_stems_stay_out(tmp_path) -> None:
+def test_masks_come_back_at_each_images_size_and_skipped_stems_stay_out(tmp_path, caplog) -> None:
     source = tmp_path / "pool"
     source.mkdir()
+    (source / "corrupt.png").write_bytes(b"not a png")
     discs = {
         "wide": disc_image(source / "wide.png", 60, 100, (30, 70), 18),
         "tall": disc_image(source / "tall.png", 90, 50, (30, 25), 15),
@@ -50,6 +51,7 @@ def test_masks_come_back_at_each_images_size_and_skipped_stems_stay_out(tmp_path
         BrightIsForeground(), source, out, tmp_path / "overlays", 32, "breast", "tumor", skip={"flagged"}
     )
     assert count == 2
+    assert "corrupt.png" in caplog.text  # named in the log, the other images labelled
     assert sorted(p.name for p in (out / "images").iterdir()) == ["tall.png", "wide.png"]
     assert (out / "images" / "wide.png").resolve() == (source / "wide.png").resolve()
     for stem, disc in discs.items():
@@ -78,6 +80,7 @@ def test_the_command_writes_a_training_datalist_and_registry_the_bundle_loads(tm
     assert [(d["name"], d["organ"], d["object_type"], d["task"]) for d in declared] == [
         ("pool_pseudo", "thyroid", "organ", "segmentation")
     ]
+    assert declared[0]["classes"] == {"background": 0, "organ": 255}
     listed = json.loads((out / "pool_pseudo.json").read_text())
     assert len(listed["training"]) == 3 and not listed.get("validation") and not listed.get("test")
     samples = load_samples(load_registry(out / "datasets.yaml"), "train", out / "pool_pseudo.json")
