@@ -6,8 +6,9 @@ demo training split, ``--save``) labels unlabelled folders exactly as the bundle
 command labels a user's images: letterbox to the input size, logits mapped back to the original
 size, argmax, largest component kept and holes filled (``PredictionWriter``). Each folder becomes a
 labelled dataset ``OUT/<name>/images`` (links to the sources) + ``OUT/<name>/masks`` (0/255 PNGs),
-with the overlays in ``OUT/overlays/<name>``, listed by the bundle's own ``make_datalist`` (all training, ``OUT/<name>.json``) and declared in
-``OUT/datasets.yaml``, so that ``pretrain.yaml`` trains on it with the true labels replayed::
+with the overlays in ``OUT/overlays/<name>``, listed by the bundle's own ``make_datalist`` (all
+training, ``OUT/<name>.json``) and declared in ``OUT/datasets.yaml``, so that ``pretrain.yaml``
+trains on it with the true labels replayed::
 
     python -m monai.bundle run --config_file "['configs/pretrain.yaml','configs/cpu.yaml']" \\
         --registry_file OUT/datasets.yaml --datalist "['OUT/busi.json', ...]" \\

@@ -142,7 +142,8 @@ def run(args: argparse.Namespace) -> dict:
     classes = registry.num_seg_classes
     train = segmentation_samples(registry, "train", args.datalist)
     test = segmentation_samples(registry, args.split, args.datalist)
-    train_ds = CacheDataset(train, unet_train_transforms(args.image_size, registry, args.input_mode, args.letterbox_prob), num_workers=0)
+    train_chain = unet_train_transforms(args.image_size, registry, args.input_mode, args.letterbox_prob)
+    train_ds = CacheDataset(train, train_chain, num_workers=0)
     train_loader = DataLoader(
         train_ds, batch_size=args.batch_size, drop_last=True,
         # at least one batch per epoch: a few images (fewer than a batch) still train
@@ -192,10 +193,11 @@ def table(result: dict) -> str:
     datasets = sorted(result["trained"])
     head = "| model | " + " | ".join(f"{d} Dice (n={result['trained'][d]['seg_n']})" for d in datasets) + " | mean |"
     rows = [head, "|---" * (len(datasets) + 2) + "|"]
+    steps = result["args"].get("steps")
+    budget = f"{steps} steps" if steps else f"{result['args']['minutes']:g} min"
     for name in ("untrained", "trained"):
         dice = [result[name][d]["dice"] for d in datasets]
         mean = sum(dice) / len(dice) if not any(math.isnan(v) for v in dice) else math.nan
-        budget = f"{steps} steps" if (steps := result["args"].get("steps")) else f"{result['args']['minutes']:g} min"
         label = f"U-Net {name}" if name == "untrained" else f"U-Net {budget}"
         rows.append(f"| {label} | " + " | ".join(f"{v:.3f}" for v in dice) + f" | {mean:.3f} |")
     return "\n".join(rows)

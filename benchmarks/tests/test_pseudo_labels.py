@@ -59,7 +59,7 @@ def test_masks_come_back_at_each_images_size_and_skipped_stems_stay_out(tmp_path
         assert mask.shape == disc.shape and set(np.unique(mask)) <= {0, 255}
         predicted = mask > 0
         dice = 2 * (predicted & disc).sum() / (predicted.sum() + disc.sum())
-        assert dice > 0.9, (stem, dice)  # letterboxed to 32², mapped back: the disc where it was
+        assert dice > 0.97, (stem, dice)  # letterboxed to 32², mapped back: the disc where it was (centre crop: 0.90)
     assert (tmp_path / "overlays" / "wide_overlay.png").is_file()
 
 

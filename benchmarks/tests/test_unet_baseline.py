@@ -104,6 +104,8 @@ def test_table_has_a_row_per_model_and_the_mean_of_datasets() -> None:
     assert lines[2] == "| U-Net untrained | 0.100 | 0.300 | 0.200 |"
     assert lines[3] == "| U-Net 12 min | 0.900 | 0.500 | 0.700 |"
     assert not math.isnan(float(lines[3].split("|")[-2]))
+    by_steps = unet_baseline.table({**result, "args": {"minutes": 12.0, "steps": 800}}).splitlines()
+    assert by_steps[3].startswith("| U-Net 800 steps |")
 
 
 @pytest.mark.parametrize("letterbox_prob", [0.0, 0.5])
