@@ -7,7 +7,13 @@ CE and Adam, for a fixed time budget (wall clock, or this process's CPU time wit
 process``), and evaluated per image on the test split with the bundle's own metric code
 (``bundle.workflows.metrics``: Dice per image, empty ground truth excluded, per dataset) at the
 network input resolution (``bundle.transforms.val_transforms``). The untrained model (same
-initial weights) is evaluated first, so one run prints both rows.
+initial weights) is evaluated first, so one run prints both rows. More than one ``--split``
+scores the trained model on each (the first is the table's; ``train`` shows how far it fits).
+
+``--network perceptguide`` trains the bundle's own network (``network_def`` of
+``--network_configs``, default pretrain.yaml + cpu.yaml, prompts on) by this recipe instead:
+loss, optimiser, schedule, whole images and official augmentation of the U-Net. Set beside the
+bundle's pretrain recipe, it tells whether the network or the recipe holds the fit back.
 
 Data and augmentation are the bundle's: ``train_transforms`` (official flip / rotate / zoom
 cascade) and the 1/sqrt(n) dataset-weighted sampler. By default every training image is seen
@@ -20,7 +26,8 @@ Usage::
 
     python -m benchmarks.unet_baseline [--minutes 12 | --steps N] [--clock wall|process] [--dataset_dir data/demo] \\
         [--registry_file FILE.yaml] [--datalist FILE.json ...] [--image_size 160] [--batch_size 16] [--lr 1e-3] [--letterbox_prob P] \\
-        [--threads 2] [--init unet.pt] [--save unet.pt] [--json out.json]
+        [--threads 2] [--init unet.pt] [--save unet.pt] [--json out.json] [--split test train] \\
+        [--network unet|perceptguide] [--network_configs configs/pretrain.yaml configs/cpu.yaml]
 
 ``--save`` writes the trained state dict; ``--init`` starts from one (the transfer baseline of issue 24:
 a U-Net trained on the demo datasets, then fine-tuned on a few images of a new dataset).
@@ -36,6 +43,7 @@ from pathlib import Path
 
 import torch
 from ignite.engine import Engine, Events
+from monai.bundle import ConfigParser
 from monai.data import CacheDataset, DataLoader, Dataset
 from monai.engines import SupervisedTrainer
 from monai.losses import DiceCELoss
@@ -43,15 +51,19 @@ from monai.networks.nets import UNet
 from monai.transforms import Compose
 from monai.utils import set_determinism
 
-from benchmarks import DEMO_DATA
+from benchmarks import BUNDLE_ROOT, DEMO_DATA
 from bundle.data import load_registry, load_samples, weighted_sampler
 from bundle.data.registry import DatasetRegistry
 from bundle.transforms import RandPromptModed, train_transforms, val_transforms, verify_samples
 from bundle.transforms.prompt_mode import MODE_PROBABILITIES, WHOLE
 from bundle.prompts import SEGMENTATION
+from bundle.workflows.batch import PreparePromptBatch
 from bundle.workflows.metrics import SampleRecord, segmentation_scores, summarise
 
 INPUT_MODES = ("whole", "official")
+NETWORKS = ("unet", "perceptguide")
+NETWORK_LABELS = {"unet": "U-Net", "perceptguide": "PerceptGuide"}
+PERCEPTGUIDE_CONFIGS = tuple(str(BUNDLE_ROOT / "configs" / name) for name in ("pretrain.yaml", "cpu.yaml"))
 
 
 def build_unet(seg_classes: int) -> UNet:
@@ -64,6 +76,35 @@ def build_unet(seg_classes: int) -> UNet:
         strides=(2, 2, 2, 2),
         num_res_units=2,
     )
+
+
+class SegmentationLogits(torch.nn.Module):
+    """A PerceptGuide as a plain segmentation network: ``forward(image (B, 3, H, W), prompts)`` ->
+    seg logits (B, C, H, W), its classification logits dropped (this recipe has no class labels)."""
+
+    def __init__(self, network: torch.nn.Module) -> None:
+        super().__init__()
+        self.network = network
+
+    def forward(self, image: torch.Tensor, prompts: dict[str, torch.Tensor]) -> torch.Tensor:
+        return self.network(image, prompts)[0]
+
+
+def build_perceptguide(config_files: list[str], registry: DatasetRegistry, image_size: int) -> SegmentationLogits:
+    """``network_def`` of the bundle configs (later files override) at ``image_size``, for ``registry``."""
+    parser = ConfigParser()
+    parser.read_config(config_files)
+    parser["image_size"] = image_size
+    parser["registry"] = registry
+    return SegmentationLogits(parser.get_parsed_content("network_def", instantiate=True))
+
+
+def prepare_prompted(
+    batchdata: dict, device: torch.device | None = None, non_blocking: bool = False, **kwargs
+) -> tuple[torch.Tensor, torch.Tensor, tuple[dict[str, torch.Tensor]], dict]:
+    """``(image, label, (prompts,), {})``: the prompted network's call and the U-Net loss's target."""
+    image, targets, args, extra = PreparePromptBatch()(batchdata, device, non_blocking, **kwargs)
+    return image, targets["label"], args, extra
 
 
 def segmentation_samples(registry: DatasetRegistry, split: str, datalist: str | Path | None = None) -> list[dict]:
@@ -89,13 +130,17 @@ def unet_train_transforms(
     return Compose([RandPromptModed(whole_only) if isinstance(t, RandPromptModed) else t for t in chain.transforms])
 
 
-def evaluate(network: torch.nn.Module, loader: DataLoader, seg_classes: int) -> dict[str, dict[str, float]]:
-    """Per-dataset mean Dice / HD95 per image (the bundle's ``summarise``) of ``network`` on ``loader``."""
+def evaluate(
+    network: torch.nn.Module, loader: DataLoader, seg_classes: int, prompted: bool = False
+) -> dict[str, dict[str, float]]:
+    """Per-dataset mean Dice / HD95 per image (the bundle's ``summarise``) of ``network`` on ``loader``;
+    a ``prompted`` network is called with the batch's prompts."""
     records = []
     network.eval()
     with torch.inference_mode():
         for batch in loader:
-            pred = network(torch.as_tensor(batch["image"])).argmax(1)  # (B, H, W)
+            image, _, args, _ = prepare_prompted(batch) if prompted else (torch.as_tensor(batch["image"]), None, (), {})
+            pred = network(image, *args).argmax(1)  # (B, H, W)
             labels = torch.as_tensor(batch["label"])[:, 0]
             dice, hd95 = segmentation_scores(pred, labels, seg_classes)
             for dataset, image_dice, image_hd95 in zip(batch["dataset"], dice, hd95):
@@ -141,7 +186,6 @@ def run(args: argparse.Namespace) -> dict:
     registry = load_registry(args.registry_file or Path(args.dataset_dir) / "datasets.yaml")
     classes = registry.num_seg_classes
     train = segmentation_samples(registry, "train", args.datalist)
-    test = segmentation_samples(registry, args.split, args.datalist)
     train_chain = unet_train_transforms(args.image_size, registry, args.input_mode, args.letterbox_prob)
     train_ds = CacheDataset(train, train_chain, num_workers=0)
     train_loader = DataLoader(
@@ -150,12 +194,17 @@ def run(args: argparse.Namespace) -> dict:
         sampler=weighted_sampler(train, seed=args.seed, num_samples=max(len(train), args.batch_size)),
     )
     test_chain = val_transforms(args.image_size, registry, geometry=args.geometry)
-    test_loader = DataLoader(Dataset(test, test_chain), batch_size=16, shuffle=False)
+    loaders = {
+        split: DataLoader(Dataset(segmentation_samples(registry, split, args.datalist), test_chain), batch_size=16)
+        for split in args.split
+    }
+    test_loader = loaders[args.split[0]]
 
-    network = build_unet(classes)
+    prompted = args.network == "perceptguide"
+    network = build_perceptguide(args.network_configs, registry, args.image_size) if prompted else build_unet(classes)
     if args.init:
         network.load_state_dict(torch.load(args.init, map_location="cpu", weights_only=True))
-    untrained = evaluate(network, test_loader, classes)
+    untrained = evaluate(network, test_loader, classes, prompted)
 
     optimizer = torch.optim.Adam(network.parameters(), lr=args.lr)
     trainer = SupervisedTrainer(
@@ -165,12 +214,14 @@ def run(args: argparse.Namespace) -> dict:
         network=network,
         optimizer=optimizer,
         loss_function=DiceCELoss(to_onehot_y=True, softmax=True),
+        **({"prepare_batch": prepare_prompted} if prompted else {}),
     )
     attach_budget(trainer, optimizer, args.lr, args.minutes * 60, args.clock, args.steps)
     start, cpu_start = time.monotonic(), time.process_time()
     trainer.run()
     seconds, cpu_seconds = time.monotonic() - start, time.process_time() - cpu_start
-    trained = evaluate(network, test_loader, classes)
+    trained = evaluate(network, test_loader, classes, prompted)
+    other_splits = {split: evaluate(network, loaders[split], classes, prompted) for split in args.split[1:]}
     if args.save:
         Path(args.save).parent.mkdir(parents=True, exist_ok=True)
         torch.save(network.state_dict(), args.save)
@@ -184,21 +235,26 @@ def run(args: argparse.Namespace) -> dict:
         "samples_per_second": iterations * args.batch_size / seconds,
         "untrained": untrained,
         "trained": trained,
+        "trained_other_splits": other_splits,
         "args": vars(args),
     }
 
 
 def table(result: dict) -> str:
-    """Markdown table: one row per model, one column per dataset (mean Dice per image, n test images)."""
+    """Markdown table: one row per model, one column per dataset (mean Dice per image, n images of the
+    first split); a row per further split the trained model was scored on."""
     datasets = sorted(result["trained"])
     head = "| model | " + " | ".join(f"{d} Dice (n={result['trained'][d]['seg_n']})" for d in datasets) + " | mean |"
     rows = [head, "|---" * (len(datasets) + 2) + "|"]
     steps = result["args"].get("steps")
     budget = f"{steps} steps" if steps else f"{result['args']['minutes']:g} min"
-    for name in ("untrained", "trained"):
-        dice = [result[name][d]["dice"] for d in datasets]
+    network = NETWORK_LABELS[result["args"].get("network", "unet")]
+    scored = {f"{network} untrained": result["untrained"], f"{network} {budget}": result["trained"]}
+    for split, figures in result.get("trained_other_splits", {}).items():
+        scored[f"{network} {budget}, {split} split"] = figures
+    for label, figures in scored.items():
+        dice = [figures[d]["dice"] for d in datasets]
         mean = sum(dice) / len(dice) if not any(math.isnan(v) for v in dice) else math.nan
-        label = f"U-Net {name}" if name == "untrained" else f"U-Net {budget}"
         rows.append(f"| {label} | " + " | ".join(f"{v:.3f}" for v in dice) + f" | {mean:.3f} |")
     return "\n".join(rows)
 
@@ -210,8 +266,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--datalist", nargs="+", help="MONAI datalist JSON(s) of the splits (default: the registry's folders)"
     )
-    parser.add_argument("--init", help="start from this U-Net state dict (a --save of another run)")
-    parser.add_argument("--save", help="write the trained U-Net's state dict here")
+    parser.add_argument("--network", choices=NETWORKS, default="unet", help="what this recipe trains")
+    parser.add_argument(
+        "--network_configs", nargs="+", default=list(PERCEPTGUIDE_CONFIGS), help="bundle configs of --network perceptguide"
+    )
+    parser.add_argument("--init", help="start from this network's state dict (a --save of another run)")
+    parser.add_argument("--save", help="write the trained network's state dict here")
     parser.add_argument("--minutes", type=float, default=12.0, help="training budget")
     parser.add_argument("--steps", type=int, help="train this many iterations instead of a time budget")
     parser.add_argument("--clock", choices=sorted(CLOCKS), default="wall", help="what the budget counts")
@@ -223,14 +283,14 @@ def main(argv: list[str] | None = None) -> None:
         "--letterbox_prob", type=float, default=0.0, help="share of training samples letterboxed (pretrain.yaml's)"
     )
     parser.add_argument("--geometry", choices=["crop", "letterbox"], default="crop", help="of the test images (evaluate.yaml's)")
-    parser.add_argument("--split", default="test")
+    parser.add_argument("--split", nargs="+", default=["test"], help="scored splits; the first is the table's")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument("--json", help="also write the figures to this JSON file")
     args = parser.parse_args(argv)
     result = run(args)
     print(
-        f"U-Net {result['parameters']:,} parameters: {result['iterations']} iterations "
+        f"{NETWORK_LABELS[args.network]} {result['parameters']:,} parameters: {result['iterations']} iterations "
         f"({result['epochs']:.1f} epochs) in {result['train_seconds']:.0f} s "
         f"({result['train_cpu_seconds']:.0f} CPU s), "
         f"{result['samples_per_second']:.1f} samples/s"

@@ -106,6 +106,47 @@ def test_table_has_a_row_per_model_and_the_mean_of_datasets() -> None:
     assert not math.isnan(float(lines[3].split("|")[-2]))
     by_steps = unet_baseline.table({**result, "args": {"minutes": 12.0, "steps": 800}}).splitlines()
     assert by_steps[3].startswith("| U-Net 800 steps |")
+    fit = {"A": {"seg_n": 9, "dice": 0.8}, "B": {"seg_n": 7, "dice": 0.6}}
+    more = {**result, "args": {"minutes": 12.0, "network": "perceptguide"}, "trained_other_splits": {"train": fit}}
+    assert unet_baseline.table(more).splitlines()[2:] == [
+        "| PerceptGuide untrained | 0.100 | 0.300 | 0.200 |",
+        "| PerceptGuide 12 min | 0.900 | 0.500 | 0.700 |",
+        "| PerceptGuide 12 min, train split | 0.800 | 0.600 | 0.700 |",
+    ]
+
+
+def test_the_bundle_network_trains_by_this_recipe_with_its_prompts_and_scores_every_split(tmp_path) -> None:
+    datalist = write_small_datalist(tmp_path / "datalist.json", {"training": 2, "test": 1})
+    out = tmp_path / "pg.json"
+    unet_baseline.main([
+        "--datalist", str(datalist), "--network", "perceptguide", "--image_size", "64", "--threads", "1",
+        "--steps", "2", "--split", "test", "train", "--json", str(out), "--save", str(tmp_path / "pg.pt"),
+    ])
+    result = json.loads(out.read_text())
+    assert result["iterations"] == 2 and result["parameters"] > 2_000_000  # cpu.yaml's network, not the U-Net
+    assert {d: f["seg_n"] for d, f in result["trained_other_splits"]["train"].items()} == {
+        "BUSI": 2, "Fetal_HC": 2, "TG3K": 2,
+    }
+    registry = unet_baseline.load_registry(DEMO_DATA / "datasets.yaml")
+    network = unet_baseline.build_perceptguide(list(unet_baseline.PERCEPTGUIDE_CONFIGS), registry, 64)
+    network.load_state_dict(torch.load(tmp_path / "pg.pt", weights_only=True))  # strict: every key of the network
+
+
+def test_the_wrapped_network_answers_to_its_prompts() -> None:
+    registry = unet_baseline.load_registry(DEMO_DATA / "datasets.yaml")
+    torch.manual_seed(0)
+    network = unet_baseline.build_perceptguide(list(unet_baseline.PERCEPTGUIDE_CONFIGS), registry, 96).eval()
+    sample = unet_baseline.unet_train_transforms(96, registry, "whole")(
+        dict(unet_baseline.segmentation_samples(registry, "val")[0])
+    )
+    batch = {key: value[None] if isinstance(value, torch.Tensor) else [value] for key, value in sample.items()}
+    image, label, (prompts,), _ = unet_baseline.prepare_prompted(batch)
+    assert image.shape == (1, 3, 96, 96) and label.shape == (1, 1, 96, 96)
+    other = {**prompts, "position": prompts["position"].roll(1, dims=1)}
+    with torch.no_grad():
+        logits = network(image, prompts)
+        assert logits.shape == (1, 2, 96, 96)
+        assert not torch.equal(logits, network(image, other))  # the organ prompt steers the decoder
 
 
 @pytest.mark.parametrize("letterbox_prob", [0.0, 0.5])
