@@ -29,8 +29,10 @@ Usage::
         [--threads 2] [--init unet.pt] [--save unet.pt] [--json out.json] [--split test train] \\
         [--network unet|perceptguide] [--network_configs configs/pretrain.yaml configs/cpu.yaml]
 
-``--save`` writes the trained state dict; ``--init`` starts from one (the transfer baseline of issue 24:
-a U-Net trained on the demo datasets, then fine-tuned on a few images of a new dataset).
+``--save`` writes the trained weights (the U-Net's state dict; the bundle's network as a bundle
+checkpoint that evaluate.yaml and the inference command read); ``--init`` starts from such a file
+(the transfer baseline of issue 24: a U-Net trained on the demo datasets, then fine-tuned on a few
+images of a new dataset).
 """
 
 from __future__ import annotations
@@ -39,7 +41,9 @@ import argparse
 import json
 import math
 import time
+from collections.abc import Callable, Mapping
 from pathlib import Path
+from typing import Any
 
 import torch
 from ignite.engine import Engine, Events
@@ -54,6 +58,7 @@ from monai.utils import set_determinism
 from benchmarks import BUNDLE_ROOT, DEMO_DATA
 from bundle.data import load_registry, load_samples, weighted_sampler
 from bundle.data.registry import DatasetRegistry
+from bundle.networks import describe, initialise_from, save_checkpoint
 from bundle.transforms import RandPromptModed, train_transforms, val_transforms, verify_samples
 from bundle.transforms.prompt_mode import MODE_PROBABILITIES, WHOLE
 from bundle.prompts import SEGMENTATION
@@ -78,6 +83,10 @@ def build_unet(seg_classes: int) -> UNet:
     )
 
 
+# (image, label, network args, network kwargs) of a batch, as MONAI's engines take a prepare_batch
+Prepared = tuple[torch.Tensor, torch.Tensor, tuple, dict]
+
+
 class SegmentationLogits(torch.nn.Module):
     """A PerceptGuide as a plain segmentation network: ``forward(image (B, 3, H, W), prompts)`` ->
     seg logits (B, C, H, W), its classification logits dropped (this recipe has no class labels)."""
@@ -99,12 +108,53 @@ def build_perceptguide(config_files: list[str], registry: DatasetRegistry, image
     return SegmentationLogits(parser.get_parsed_content("network_def", instantiate=True))
 
 
+def build_network(args: argparse.Namespace, registry: DatasetRegistry) -> torch.nn.Module:
+    """The U-Net, or with ``--network perceptguide`` the bundle's network as ``SegmentationLogits``."""
+    if args.network == "perceptguide":
+        return build_perceptguide(args.network_configs, registry, args.image_size)
+    return build_unet(registry.num_seg_classes)
+
+
+def prepare_plain(
+    batchdata: Mapping[str, Any], device: torch.device | None = None, non_blocking: bool = False, **kwargs: Any
+) -> Prepared:
+    """``(image (B, 3, H, W), label (B, 1, H, W), (), {})``: the U-Net's call and its loss's target."""
+    image, label = (
+        torch.as_tensor(batchdata[key]).to(device=device, non_blocking=non_blocking, **kwargs) for key in ("image", "label")
+    )
+    return image, label, (), {}
+
+
 def prepare_prompted(
-    batchdata: dict, device: torch.device | None = None, non_blocking: bool = False, **kwargs
-) -> tuple[torch.Tensor, torch.Tensor, tuple[dict[str, torch.Tensor]], dict]:
-    """``(image, label, (prompts,), {})``: the prompted network's call and the U-Net loss's target."""
+    batchdata: Mapping[str, Any], device: torch.device | None = None, non_blocking: bool = False, **kwargs: Any
+) -> Prepared:
+    """``(image (B, 3, H, W), label (B, 1, H, W), (prompts,), {})``: the prompted network's call and
+    the loss's target; ``prompts`` as ``PreparePromptBatch`` gives them (one-hot, (B, n) each)."""
     image, targets, args, extra = PreparePromptBatch()(batchdata, device, non_blocking, **kwargs)
     return image, targets["label"], args, extra
+
+
+def preparer(network: torch.nn.Module) -> Callable[..., Prepared]:
+    """How a batch feeds ``network``: with its prompts when it is the bundle's network."""
+    return prepare_prompted if isinstance(network, SegmentationLogits) else prepare_plain
+
+
+def save_weights(network: torch.nn.Module, path: Path, registry: DatasetRegistry, image_size: int) -> None:
+    """The trained weights: the bundle's network as a self-describing checkpoint (evaluate.yaml,
+    the inference command and ``--init_ckpt`` read it), the U-Net as its state dict."""
+    if isinstance(network, SegmentationLogits):
+        save_checkpoint(path, network.network, describe(network.network, registry, image_size))
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(network.state_dict(), path)
+
+
+def load_weights(network: torch.nn.Module, path: Path) -> None:
+    """Start ``network`` from a ``save_weights`` file (for the bundle's network: any bundle checkpoint)."""
+    if isinstance(network, SegmentationLogits):
+        initialise_from(network.network, path)
+    else:
+        network.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
 
 
 def segmentation_samples(registry: DatasetRegistry, split: str, datalist: str | Path | None = None) -> list[dict]:
@@ -130,18 +180,16 @@ def unet_train_transforms(
     return Compose([RandPromptModed(whole_only) if isinstance(t, RandPromptModed) else t for t in chain.transforms])
 
 
-def evaluate(
-    network: torch.nn.Module, loader: DataLoader, seg_classes: int, prompted: bool = False
-) -> dict[str, dict[str, float]]:
-    """Per-dataset mean Dice / HD95 per image (the bundle's ``summarise``) of ``network`` on ``loader``;
-    a ``prompted`` network is called with the batch's prompts."""
+def evaluate(network: torch.nn.Module, loader: DataLoader, seg_classes: int) -> dict[str, dict[str, float]]:
+    """Per-dataset mean Dice / HD95 per image (the bundle's ``summarise``) of ``network`` on ``loader``."""
     records = []
     network.eval()
+    prepare = preparer(network)
     with torch.inference_mode():
         for batch in loader:
-            image, _, args, _ = prepare_prompted(batch) if prompted else (torch.as_tensor(batch["image"]), None, (), {})
+            image, label, args, _ = prepare(batch)
             pred = network(image, *args).argmax(1)  # (B, H, W)
-            labels = torch.as_tensor(batch["label"])[:, 0]
+            labels = label[:, 0]
             dice, hd95 = segmentation_scores(pred, labels, seg_classes)
             for dataset, image_dice, image_hd95 in zip(batch["dataset"], dice, hd95):
                 records.append(SampleRecord(dataset, SEGMENTATION, dice=image_dice, hd95=image_hd95))
@@ -200,11 +248,10 @@ def run(args: argparse.Namespace) -> dict:
     }
     test_loader = loaders[args.split[0]]
 
-    prompted = args.network == "perceptguide"
-    network = build_perceptguide(args.network_configs, registry, args.image_size) if prompted else build_unet(classes)
+    network = build_network(args, registry)
     if args.init:
-        network.load_state_dict(torch.load(args.init, map_location="cpu", weights_only=True))
-    untrained = evaluate(network, test_loader, classes, prompted)
+        load_weights(network, Path(args.init))
+    untrained = evaluate(network, test_loader, classes)
 
     optimizer = torch.optim.Adam(network.parameters(), lr=args.lr)
     trainer = SupervisedTrainer(
@@ -214,17 +261,16 @@ def run(args: argparse.Namespace) -> dict:
         network=network,
         optimizer=optimizer,
         loss_function=DiceCELoss(to_onehot_y=True, softmax=True),
-        **({"prepare_batch": prepare_prompted} if prompted else {}),
+        prepare_batch=preparer(network),
     )
     attach_budget(trainer, optimizer, args.lr, args.minutes * 60, args.clock, args.steps)
     start, cpu_start = time.monotonic(), time.process_time()
     trainer.run()
     seconds, cpu_seconds = time.monotonic() - start, time.process_time() - cpu_start
-    trained = evaluate(network, test_loader, classes, prompted)
-    other_splits = {split: evaluate(network, loaders[split], classes, prompted) for split in args.split[1:]}
+    trained = evaluate(network, test_loader, classes)
+    other_splits = {split: evaluate(network, loaders[split], classes) for split in args.split[1:]}
     if args.save:
-        Path(args.save).parent.mkdir(parents=True, exist_ok=True)
-        torch.save(network.state_dict(), args.save)
+        save_weights(network, Path(args.save), registry, args.image_size)
     iterations = trainer.state.iteration
     return {
         "parameters": sum(p.numel() for p in network.parameters()),
@@ -251,7 +297,8 @@ def table(result: dict) -> str:
     network = NETWORK_LABELS[result["args"].get("network", "unet")]
     scored = {f"{network} untrained": result["untrained"], f"{network} {budget}": result["trained"]}
     for split, figures in result.get("trained_other_splits", {}).items():
-        scored[f"{network} {budget}, {split} split"] = figures
+        counts = "/".join(str(figures[d]["seg_n"]) for d in datasets)
+        scored[f"{network} {budget}, {split} split (n={counts})"] = figures
     for label, figures in scored.items():
         dice = [figures[d]["dice"] for d in datasets]
         mean = sum(dice) / len(dice) if not any(math.isnan(v) for v in dice) else math.nan
@@ -268,7 +315,8 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--network", choices=NETWORKS, default="unet", help="what this recipe trains")
     parser.add_argument(
-        "--network_configs", nargs="+", default=list(PERCEPTGUIDE_CONFIGS), help="bundle configs of --network perceptguide"
+        "--network_configs", nargs="+", default=list(PERCEPTGUIDE_CONFIGS),
+        help="bundle configs whose network_def --network perceptguide builds (later files override)",
     )
     parser.add_argument("--init", help="start from this network's state dict (a --save of another run)")
     parser.add_argument("--save", help="write the trained network's state dict here")
@@ -288,6 +336,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument("--json", help="also write the figures to this JSON file")
     args = parser.parse_args(argv)
+    if len(set(args.split)) < len(args.split):
+        parser.error(f"--split names a split twice: {args.split}")
     result = run(args)
     print(
         f"{NETWORK_LABELS[args.network]} {result['parameters']:,} parameters: {result['iterations']} iterations "

@@ -11,6 +11,7 @@ import torch
 from ignite.engine import Engine
 
 from benchmarks import DEMO_DATA, unet_baseline
+from bundle.networks import load_model, read_checkpoint
 from bundle.prompts import MODES
 from bundle.transforms import RandLetterboxInterpolated
 from tests.bundle_runner import write_small_datalist
@@ -111,34 +112,37 @@ def test_table_has_a_row_per_model_and_the_mean_of_datasets() -> None:
     assert unet_baseline.table(more).splitlines()[2:] == [
         "| PerceptGuide untrained | 0.100 | 0.300 | 0.200 |",
         "| PerceptGuide 12 min | 0.900 | 0.500 | 0.700 |",
-        "| PerceptGuide 12 min, train split | 0.800 | 0.600 | 0.700 |",
+        "| PerceptGuide 12 min, train split (n=9/7) | 0.800 | 0.600 | 0.700 |",
     ]
 
 
-def test_the_bundle_network_trains_by_this_recipe_with_its_prompts_and_scores_every_split(tmp_path) -> None:
+def test_the_bundle_network_trains_by_this_recipe_scores_every_split_and_saves_a_bundle_checkpoint(tmp_path) -> None:
     datalist = write_small_datalist(tmp_path / "datalist.json", {"training": 2, "test": 1})
-    out = tmp_path / "pg.json"
-    unet_baseline.main([
-        "--datalist", str(datalist), "--network", "perceptguide", "--image_size", "64", "--threads", "1",
-        "--steps", "2", "--split", "test", "train", "--json", str(out), "--save", str(tmp_path / "pg.pt"),
-    ])
-    result = json.loads(out.read_text())
+    common = ["--datalist", str(datalist), "--network", "perceptguide", "--image_size", "64", "--threads", "1"]
+    first, second, saved = tmp_path / "first.json", tmp_path / "second.json", tmp_path / "pg.pt"
+    unet_baseline.main([*common, "--steps", "2", "--split", "test", "train", "--json", str(first), "--save", str(saved)])
+    result = json.loads(first.read_text())
     assert result["iterations"] == 2 and result["parameters"] > 2_000_000  # cpu.yaml's network, not the U-Net
+    assert {d: f["seg_n"] for d, f in result["trained"].items()} == {"BUSI": 1, "Fetal_HC": 1, "TG3K": 1}
     assert {d: f["seg_n"] for d, f in result["trained_other_splits"]["train"].items()} == {
         "BUSI": 2, "Fetal_HC": 2, "TG3K": 2,
     }
-    registry = unet_baseline.load_registry(DEMO_DATA / "datasets.yaml")
-    network = unet_baseline.build_perceptguide(list(unet_baseline.PERCEPTGUIDE_CONFIGS), registry, 64)
-    network.load_state_dict(torch.load(tmp_path / "pg.pt", weights_only=True))  # strict: every key of the network
+    model = load_model(saved)  # what evaluate.yaml and the inference command read
+    assert model.img_size == 64 and read_checkpoint(saved).description.image_size == 64
+    unet_baseline.main([*common, "--steps", "1", "--init", str(saved), "--json", str(second)])
+    assert json.loads(second.read_text())["untrained"] == result["trained"]  # it starts where the first ended
+
+
+def test_a_split_named_twice_is_refused() -> None:
+    with pytest.raises(SystemExit):
+        unet_baseline.main(["--split", "test", "test"])
 
 
 def test_the_wrapped_network_answers_to_its_prompts() -> None:
     registry = unet_baseline.load_registry(DEMO_DATA / "datasets.yaml")
     torch.manual_seed(0)
     network = unet_baseline.build_perceptguide(list(unet_baseline.PERCEPTGUIDE_CONFIGS), registry, 96).eval()
-    sample = unet_baseline.unet_train_transforms(96, registry, "whole")(
-        dict(unet_baseline.segmentation_samples(registry, "val")[0])
-    )
+    sample = unet_baseline.val_transforms(96, registry)(dict(unet_baseline.segmentation_samples(registry, "val")[0]))
     batch = {key: value[None] if isinstance(value, torch.Tensor) else [value] for key, value in sample.items()}
     image, label, (prompts,), _ = unet_baseline.prepare_prompted(batch)
     assert image.shape == (1, 3, 96, 96) and label.shape == (1, 1, 96, 96)
