@@ -622,7 +622,9 @@ def plot(rows: Sequence[Mapping], path: Path) -> None:
             fractions = sorted(points)
             means = [statistics.fmean(points[f]) for f in fractions]
             errors = [statistics.stdev(points[f]) if len(points[f]) > 1 else 0.0 for f in fractions]
-            axis.errorbar([100 * f for f in fractions], means, yerr=errors, marker="o", capsize=3, label=method)
+            # an ablation is one cell beside its method's line: a cross, apart from the lines
+            marker = "o" if method in METHODS else "x"
+            axis.errorbar([100 * f for f in fractions], means, yerr=errors, marker=marker, capsize=3, label=method)
     percents = sorted({100 * row["fraction"] for row in rows})
     for axis, panel in zip(axes, panels):
         axis.set_xscale("log")

@@ -205,6 +205,7 @@ def test_plot_draws_dice_against_the_fraction_per_dataset(tmp_path: Path) -> Non
         for fraction in (0.1, 1.0)
         for seed in (0, 1)
     ]
+    rows.append({"method": "ssl-no-recon", "fraction": 0.1, "seed": 0, "labelled": {"A": 1}, "dice": {"A": 0.4}})
     le.plot(rows, tmp_path / "plot.png")
     assert (tmp_path / "plot.png").read_bytes()[:4] == b"\x89PNG"
 
