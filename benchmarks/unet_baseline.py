@@ -41,13 +41,12 @@ import argparse
 import json
 import math
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 from ignite.engine import Engine, Events
-from monai.bundle import ConfigParser
 from monai.data import CacheDataset, DataLoader, Dataset
 from monai.engines import SupervisedTrainer
 from monai.losses import DiceCELoss
@@ -55,7 +54,8 @@ from monai.networks.nets import UNet
 from monai.transforms import Compose
 from monai.utils import set_determinism
 
-from benchmarks import BUNDLE_ROOT, DEMO_DATA
+from benchmarks import DEMO_DATA
+from benchmarks.label_efficiency import config_values
 from bundle.data import load_registry, load_samples, weighted_sampler
 from bundle.data.registry import DatasetRegistry
 from bundle.networks import describe, initialise_from, save_checkpoint
@@ -68,7 +68,7 @@ from bundle.workflows.metrics import SampleRecord, segmentation_scores, summaris
 INPUT_MODES = ("whole", "official")
 NETWORKS = ("unet", "perceptguide")
 NETWORK_LABELS = {"unet": "U-Net", "perceptguide": "PerceptGuide"}
-PERCEPTGUIDE_CONFIGS = tuple(str(BUNDLE_ROOT / "configs" / name) for name in ("pretrain.yaml", "cpu.yaml"))
+PERCEPTGUIDE_CONFIGS = ("configs/pretrain.yaml", "configs/cpu.yaml")  # relative to the bundle root
 
 
 def build_unet(seg_classes: int) -> UNet:
@@ -99,10 +99,10 @@ class SegmentationLogits(torch.nn.Module):
         return self.network(image, prompts)[0]
 
 
-def build_perceptguide(config_files: list[str], registry: DatasetRegistry, image_size: int) -> SegmentationLogits:
-    """``network_def`` of the bundle configs (later files override) at ``image_size``, for ``registry``."""
-    parser = ConfigParser()
-    parser.read_config(config_files)
+def build_perceptguide(config_files: Sequence[str], registry: DatasetRegistry, image_size: int) -> SegmentationLogits:
+    """``network_def`` of the bundle configs ``config_files`` (relative to the bundle root, later files
+    override) at ``image_size``, for ``registry``."""
+    parser = config_values(config_files)
     parser["image_size"] = image_size
     parser["registry"] = registry
     return SegmentationLogits(parser.get_parsed_content("network_def", instantiate=True))
@@ -316,10 +316,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--network", choices=NETWORKS, default="unet", help="what this recipe trains")
     parser.add_argument(
         "--network_configs", nargs="+", default=list(PERCEPTGUIDE_CONFIGS),
-        help="bundle configs whose network_def --network perceptguide builds (later files override)",
+        help="bundle configs (relative to the bundle root) whose network_def --network perceptguide builds",
     )
-    parser.add_argument("--init", help="start from this network's state dict (a --save of another run)")
-    parser.add_argument("--save", help="write the trained network's state dict here")
+    parser.add_argument("--init", help="start from this file: a --save of another run (the bundle's network: any checkpoint)")
+    parser.add_argument("--save", help="write the trained weights here (the bundle's network: a bundle checkpoint)")
     parser.add_argument("--minutes", type=float, default=12.0, help="training budget")
     parser.add_argument("--steps", type=int, help="train this many iterations instead of a time budget")
     parser.add_argument("--clock", choices=sorted(CLOCKS), default="wall", help="what the budget counts")
