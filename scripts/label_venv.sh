@@ -30,6 +30,8 @@ LABEL_PINS=(
     "pydicom==2.4.4"
     "dicomweb-client==0.59.1"
     "pynetdicom==2.0.2"
+    # MONAI Label's own pins need numpy 1.x; onnx would otherwise move it to 2.x
+    "numpy<2"
 )
 
 STAMP="$VENV/.perceptguide_label_stamp"
@@ -56,18 +58,20 @@ test -x "$VENV/bin/python" || "$PYTHON" -m venv "$VENV" >&2
 pip_install --upgrade pip
 pip_install "$TORCH_PIN"
 pip_install "$TORCH_PIN" "${LABEL_PINS[@]}"
-# The bundle's own dependencies; its code is taken from the repo via PYTHONPATH at start, so one
-# venv can serve any checkout of the repo.
-pip_install "$TORCH_PIN" -e "$REPO"
+# The bundle's own dependencies, with ONNX Runtime so that the server's backend auto is the bare
+# inference command's; its code is taken from the repo via PYTHONPATH at start, so one venv can
+# serve any checkout of the repo.
+pip_install "$TORCH_PIN" "numpy<2" -e "$REPO[onnx]"
 "$VENV/bin/python" - >&2 <<'EOF'
 import monai
 import monailabel
 import numpy
+import onnxruntime
 import torch
 
 assert torch.__version__.startswith("2.13.0") and not torch.cuda.is_available(), torch.__version__
 print(f"label_venv: monailabel {monailabel.__version__}, monai {monai.__version__}, "
-      f"torch {torch.__version__}, numpy {numpy.__version__}")
+      f"torch {torch.__version__}, numpy {numpy.__version__}, onnxruntime {onnxruntime.__version__}")
 EOF
 echo "$WANT" >"$STAMP"
 echo "label_venv: built in $((SECONDS - started)) s" >&2
