@@ -51,7 +51,7 @@ def test_the_onnxruntime_backend_infers_what_torch_does_and_caches_its_graph_by_
     # fp32 eager: on a CPU with native bf16 the config's autocast would run torch in bf16
     infer(images, tmp_path / "torch", checkpoint, "--backend", "torch", "--autocast", "none")
     log = infer(images, tmp_path / "ort", checkpoint, "--backend", "onnxruntime", "--num_threads", "1")
-    cached = tmp_path / f"model.{file_digest(checkpoint)[:16]}.{TINY_SIZE}.onnx"
+    cached = tmp_path / f"model.{file_digest(checkpoint)[:16]}.{TINY_SIZE}.anybatch.onnx"
     assert cached.is_file() and "exporting" in log
     for eager, exported in zip(rows(tmp_path / "torch"), rows(tmp_path / "ort"), strict=True):
         assert eager["file"] == exported["file"]
@@ -66,7 +66,7 @@ def test_int8_runs_on_onnxruntime_and_is_refused_on_torch(tmp_path, images):
     checkpoint = write_checkpoint(tmp_path / "model.pt")
     infer(images, tmp_path / "int8", checkpoint, "--backend", "onnxruntime", "--quantize", "int8")
     assert len(rows(tmp_path / "int8")) == 3
-    assert (tmp_path / f"model.{file_digest(checkpoint)[:16]}.{TINY_SIZE}.int8.onnx").is_file()
+    assert (tmp_path / f"model.{file_digest(checkpoint)[:16]}.{TINY_SIZE}.anybatch.int8.onnx").is_file()
     with pytest.raises(ValueError, match="quantize 'int8' runs on the onnxruntime backend"):
         runtime_network(torch.nn.Identity(), "torch", checkpoint, TINY_SIZE, quantize="int8")
     with pytest.raises(ValueError, match="tensorrt"):
@@ -102,3 +102,12 @@ def test_auto_takes_onnxruntime_and_falls_back_to_torch_saying_why(tmp_path, mon
     with caplog.at_level("WARNING"):
         assert runtime_network(network, "auto", checkpoint, TINY_SIZE) is network
     assert "onnxruntime is not installed" in caplog.text
+
+
+def test_onnx_runtime_threads_spin_only_when_asked(tmp_path):
+    """Spinning threads would hold the cores that the pipeline's reading and writing need between calls."""
+    checkpoint = write_checkpoint(tmp_path / "model.pt")
+    network = read_checkpoint(checkpoint).build()
+    for spinning, entry in ((False, "0"), (True, "1")):
+        runner = runtime_network(network, "onnxruntime", checkpoint, TINY_SIZE, threads=1, spinning=spinning)
+        assert runner.session.get_session_options().get_session_config_entry("session.intra_op.allow_spinning") == entry

@@ -202,7 +202,7 @@ class ClassificationDecoder(nn.Module):
     ) -> torch.Tensor:
         """Same inputs as :meth:`SegmentationDecoder.forward`; returns cls logits (B, cls_classes)."""
         x = bottleneck
-        size = bottleneck.shape[1:3]
+        size = (int(bottleneck.shape[1]), int(bottleneck.shape[2]))  # constants in an exported graph, whose batch may vary
         for fuse, stage, skip in zip(self.fuse, self.stages, reversed(skips[:-1])):
             pooled = F.adaptive_avg_pool2d(skip.permute(0, 3, 1, 2), size).permute(0, 2, 3, 1)
             x = stage(fuse(torch.cat([x, pooled], dim=-1)), prompts)
