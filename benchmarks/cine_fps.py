@@ -5,7 +5,8 @@ frames of ``../shared/unlabelled`` that are not in the labelled data, not augmen
 (``/train/`` sources), in the order of their source frame numbers (short runs of several videos:
 the pool keeps no long run of one video). Each setting runs the inference command as a user
 types it (``--config_file configs/inference.yaml --input_dir DIR --ckpt_path CKPT --organ
-thyroid --object_type organ``, plus ``--backend`` where the setting names one) on a folder
+thyroid --object_type organ``, plus ``--backend`` where the setting names one and any further
+config overrides it lists) on a folder
 holding the loop of T frames and on one holding its first frame as a loop of 1; the per-frame
 cost is (t(T) − t(1)) / (T − 1) of the command's wall time, so the start-up, reading the
 checkpoint and exporting the ONNX graph cancel, and reading the frames, writing the masks,
@@ -16,8 +17,8 @@ logs for its engine's run over the T frames (start-up excluded; the best of the 
 
 Usage::
 
-    python -m benchmarks.cine_fps [--settings NAME=CKPT[:BACKEND] ...] [--frames 100] [--repeats 2] \\
-        [--threads 2] [--json out.json]
+    python -m benchmarks.cine_fps [--settings "NAME=CKPT[:BACKEND] [--KEY VALUE ...]" ...] [--frames 100] \\
+        [--repeats 2] [--threads 2] [--json out.json]
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ import argparse
 import csv
 import os
 import re
+import shlex
 import subprocess
 import sys
 import tempfile
@@ -68,23 +70,25 @@ def write_loop(frames: Sequence[Path], path: Path) -> Path:
     return path
 
 
-def parse_setting(text: str) -> tuple[str, Path, str | None]:
-    """``NAME=CKPT[:BACKEND]`` -> (name, checkpoint, backend or None for the config's default)."""
+def parse_setting(text: str) -> tuple[str, Path, str | None, list[str]]:
+    """``NAME=CKPT[:BACKEND] [--KEY VALUE ...]`` -> (name, checkpoint, backend or None for the config's
+    default, the further config overrides as command-line arguments)."""
     name, _, target = text.partition("=")
-    checkpoint, _, backend = target.partition(":")
-    if not name or not checkpoint:
-        raise ValueError(f"a setting is NAME=CKPT[:BACKEND], got {text!r}")
-    return name, Path(checkpoint), backend or None
+    checkpoint, _, backend = (shlex.split(target) or [""])[0].partition(":")
+    overrides = shlex.split(target)[1:]
+    if not name or not checkpoint or len(overrides) % 2 or not all(key.startswith("--") for key in overrides[::2]):
+        raise ValueError(f"a setting is NAME=CKPT[:BACKEND] [--KEY VALUE ...], got {text!r}")
+    return name, Path(checkpoint), backend or None, overrides
 
 
 ENGINE_RATE = re.compile(r"([0-9.]+) frames/s")
 
 
 def command_seconds(
-    input_dir: Path, output_dir: Path, checkpoint: Path, backend: str | None, threads: int
+    input_dir: Path, output_dir: Path, checkpoint: Path, backend: str | None, threads: int, overrides: Sequence[str] = ()
 ) -> tuple[float, float, float | None]:
     """Wall time (s), peak resident memory (MiB) and the logged engine frames/s (None if not logged)
-    of one bare inference command on ``input_dir``."""
+    of one bare inference command on ``input_dir`` (with ``overrides``, e.g. ``["--onnx_spinning", "true"]``)."""
     command = [
         sys.executable, "-m", "monai.bundle", "run", "--config_file", "configs/inference.yaml",
         "--input_dir", str(input_dir), "--output_dir", str(output_dir), "--ckpt_path", str(checkpoint),
@@ -92,6 +96,7 @@ def command_seconds(
     ]  # fmt: skip
     if backend:
         command += ["--backend", backend]
+    command += list(overrides)
     env = dict(os.environ, OMP_NUM_THREADS=str(threads), PYTHONWARNINGS="ignore")
     with tempfile.TemporaryFile() as log:
         start = time.perf_counter()
@@ -120,15 +125,15 @@ def measure(settings: Sequence[str], frames: int, repeats: int, threads: int, un
     with tempfile.TemporaryDirectory() as folder:
         root = Path(folder)
         loops = {1: write_loop(sources[:1], root / "one" / "loop.nii.gz"), frames: write_loop(sources, root / "all" / "loop.nii.gz")}
-        times: dict[str, dict[int, list[float]]] = {name: {1: [], frames: []} for name, _, _ in parsed}
-        peak: dict[str, float] = {name: 0.0 for name, _, _ in parsed}
-        engine: dict[str, float] = {name: 0.0 for name, _, _ in parsed}
-        for name, checkpoint, backend in parsed:  # warm-up: exports the ONNX graph, fills the file cache
-            command_seconds(loops[1].parent, root / "out", checkpoint, backend, threads)
+        times: dict[str, dict[int, list[float]]] = {name: {1: [], frames: []} for name, *_ in parsed}
+        peak: dict[str, float] = {name: 0.0 for name, *_ in parsed}
+        engine: dict[str, float] = {name: 0.0 for name, *_ in parsed}
+        for name, checkpoint, backend, overrides in parsed:  # warm-up: exports the ONNX graph, fills the file cache
+            command_seconds(loops[1].parent, root / "out", checkpoint, backend, threads, overrides)
         for _ in range(repeats):
-            for name, checkpoint, backend in parsed:
+            for name, checkpoint, backend, overrides in parsed:
                 for length, loop in loops.items():
-                    seconds, mib, rate = command_seconds(loop.parent, root / "out", checkpoint, backend, threads)
+                    seconds, mib, rate = command_seconds(loop.parent, root / "out", checkpoint, backend, threads, overrides)
                     written = frames_written(root / "out")
                     if written != length:  # a short loop read as channels would time one frame
                         raise RuntimeError(f"{name}: the command wrote {written} rows for a loop of {length} frames")
@@ -137,10 +142,10 @@ def measure(settings: Sequence[str], frames: int, repeats: int, threads: int, un
                     if length == frames and rate:
                         engine[name] = max(engine[name], rate)
     results = {}
-    for name, checkpoint, backend in parsed:
+    for name, checkpoint, backend, overrides in parsed:
         one, many = min(times[name][1]), min(times[name][frames])
         per_frame = (many - one) / (frames - 1)
-        results[name] = {"ckpt_path": str(checkpoint), "backend": backend or "config default", "seconds_1": one,
+        results[name] = {"ckpt_path": str(checkpoint), "backend": backend or "config default", "overrides": overrides, "seconds_1": one,
                          f"seconds_{frames}": many, "ms_per_frame": 1000 * per_frame, "frames_per_second": 1 / per_frame,
                          "engine_frames_per_second": engine[name], "peak_rss_mib": peak[name]}  # fmt: skip
     return {"frames": frames, "threads": threads, "repeats": repeats, "settings": results, "machine": machine()}
@@ -152,7 +157,7 @@ def table(result: Mapping) -> str:
     lines.append("|---" * 8 + "|")
     for name, row in result["settings"].items():
         lines.append(
-            f"| {name} | {row['backend']} | {row['seconds_1']:.2f} | {row[f'seconds_{frames}']:.2f} | "
+            f"| {name} | {' '.join([row['backend'], *row['overrides']])} | {row['seconds_1']:.2f} | {row[f'seconds_{frames}']:.2f} | "
             f"{row['ms_per_frame']:.1f} | {row['frames_per_second']:.1f} | {row['engine_frames_per_second']:.1f} | "
             f"{row['peak_rss_mib']:.0f} |"
         )
@@ -161,7 +166,7 @@ def table(result: Mapping) -> str:
 
 def main(argv: Sequence[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--settings", nargs="+", default=list(DEFAULT_SETTINGS), help="NAME=CKPT[:BACKEND]")
+    parser.add_argument("--settings", nargs="+", default=list(DEFAULT_SETTINGS), help="NAME=CKPT[:BACKEND] [--KEY VALUE ...] (config overrides of the command)")
     parser.add_argument("--frames", type=int, default=100)
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--threads", type=int, default=2)

@@ -1,15 +1,17 @@
-"""Latency of checkpoints' networks per backend: eager PyTorch, ONNX Runtime, ONNX Runtime int8.
+"""Latency of checkpoints' networks per backend: eager PyTorch (fp32, and bf16 autocast on a CPU with native bf16), ONNX Runtime, ONNX Runtime int8.
 
 One process, one thread count, every (checkpoint, backend) pair's calls interleaved round by round
 (so a slower or busier stretch of the machine hits all alike); the median of ``--rounds`` calls per
 pair and batch size, at each checkpoint's input size, on random images with one prompt. The ONNX
-Runtime graph is exported at batch 1 (``bundle.workflows.runtimes``): its batch of B is B calls.
+Runtime graph's batch axis is dynamic (``bundle.workflows.runtimes``): a batch is one call.
 Ratios are against eager PyTorch of the same checkpoint, and against the first checkpoint on the
-same backend (e.g. a teacher and its student), all of the same run.
+same backend (e.g. a teacher and its student), all of the same run. ``torch-bf16`` is eager PyTorch
+under the bf16 autocast that ``configs/inference.yaml`` applies (``PromptInferer``); it is measured
+only where the CPU has native bf16, as the bundle uses it only there.
 
 ``--references`` adds networks to compare with, at the first checkpoint's input size, random
 weights (latency does not depend on them), eager PyTorch and ONNX Runtime (exported as the
-bundle's graphs are, at batch 1):
+bundle's graphs are, with a dynamic batch axis):
 
 - ``official``: the official PerceptGuide code (``--official_repo``, see ``official_network.py``)
   with the first checkpoint's Swin sizes (width, depths, heads, window); the official network has
@@ -40,9 +42,16 @@ from benchmarks import BUNDLE_ROOT
 from benchmarks.benchmark import machine, report, swin_unetr
 from bundle.networks import BundleCheckpoint, PerceptGuide, read_checkpoint
 from bundle.prompts import PROMPT_KEYS, PromptVocabulary
+from bundle.workflows.inferers import cpu_supports_bf16
 from bundle.workflows.runtimes import runtime_network
 
-BACKENDS = {"torch": ("torch", "none"), "onnxruntime": ("onnxruntime", "none"), "onnxruntime-int8": ("onnxruntime", "int8")}
+# row name -> (runtime_network's backend, its quantize, run under bf16 autocast)
+BACKENDS = {
+    "torch": ("torch", "none", False),
+    "torch-bf16": ("torch", "none", True),
+    "onnxruntime": ("onnxruntime", "none", False),
+    "onnxruntime-int8": ("onnxruntime", "int8", False),
+}
 REFERENCES = ("official", "SwinUNETR-24")
 
 
@@ -83,10 +92,10 @@ def reference_runners(
     name: str, network: nn.Module, prompted: bool, image_size: int, vocabulary: PromptVocabulary, threads: int, folder: Path
 ) -> dict[str, Callable[[torch.Tensor, Mapping[str, torch.Tensor]], object]]:
     """backend -> call ``(image, prompts)`` of the reference network ``name``: eager torch, and ONNX Runtime
-    on its graph exported at batch 1 into ``folder`` (a batch of B is B calls, as the bundle's graphs run)."""
+    on its graph exported into ``folder`` with a dynamic batch axis (a batch is one call, as the bundle's graphs run)."""
     wrapped = PositionalPrompts(network.eval(), prompted)
-    image = torch.zeros(1, 3, image_size, image_size)
-    prompts = prompts_for(vocabulary, 1)
+    image = torch.zeros(2, 3, image_size, image_size)  # batch 2: a batch-1 trace could fold the batch into reshapes
+    prompts = prompts_for(vocabulary, 2)
     example = (image, *(prompts[key] for key in PROMPT_KEYS)) if prompted else (image,)
     names = ["image", *PROMPT_KEYS] if prompted else ["image"]
     runners = {"torch": lambda image, prompts: wrapped(image, *(prompts[key] for key in PROMPT_KEYS))}
@@ -95,17 +104,23 @@ def reference_runners(
         return runners
     path = folder / f"{name}.onnx"
     with torch.no_grad():
-        torch.onnx.export(wrapped, example, str(path), dynamo=False, input_names=names)
+        outputs = wrapped(*example)
+        output_names = [f"output{index}" for index in range(len(outputs) if isinstance(outputs, tuple) else 1)]
+        torch.onnx.export(
+            wrapped, example, str(path), dynamo=False, input_names=names, output_names=output_names,
+            dynamic_axes={name: {0: "batch"} for name in names + output_names},
+        )  # fmt: skip
     options = onnxruntime.SessionOptions()
     options.intra_op_num_threads = threads
+    # as the bundle's sessions (OnnxRuntimeNetwork): spinning threads would slow the next runner's call
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
     def run_session(image: torch.Tensor, prompts: Mapping[str, torch.Tensor]) -> None:
-        for index in range(image.shape[0]):
-            feeds = {"image": image[index : index + 1].numpy()}
-            if prompted:
-                feeds |= {key: prompts[key][index : index + 1].numpy() for key in PROMPT_KEYS}
-            session.run(None, feeds)
+        feeds = {"image": image.numpy()}
+        if prompted:
+            feeds |= {key: prompts[key].numpy() for key in PROMPT_KEYS}
+        session.run(None, feeds)
 
     runners["onnxruntime"] = run_session
     return runners
@@ -115,6 +130,16 @@ def prompts_for(vocabulary: PromptVocabulary, batch: int) -> dict[str, torch.Ten
     """The breast-lesion segmentation prompt for ``batch`` images."""
     encoded = vocabulary.encode({"position": "breast", "task": "segmentation", "mode": "whole", "type": "tumor"})
     return {key: value.expand(batch, -1).contiguous() for key, value in encoded.items()}
+
+
+def in_bf16(network: nn.Module) -> Callable[[torch.Tensor, Mapping[str, torch.Tensor]], object]:
+    """``network(image, prompts)`` under CPU bf16 autocast, as ``PromptInferer`` runs it."""
+
+    def call(image: torch.Tensor, prompts: Mapping[str, torch.Tensor]) -> object:
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            return network(image, prompts)
+
+    return call
 
 
 def time_call(call: Callable[[], object]) -> float:
@@ -144,8 +169,11 @@ def measure(
         size = checkpoint.description.image_size
         images[path.stem] = size
         vocabularies[path.stem] = checkpoint.description.prompt_vocabulary
-        for name, (backend, quantize) in BACKENDS.items():
-            runners[f"{path.stem} {name}"] = (path.stem, runtime_network(network, backend, path, size, threads, quantize))
+        for name, (backend, quantize, bf16) in BACKENDS.items():
+            if bf16 and not cpu_supports_bf16():
+                continue
+            runner = runtime_network(network, backend, path, size, threads, quantize)
+            runners[f"{path.stem} {name}"] = (path.stem, in_bf16(runner) if bf16 else runner)
     first = ckpt_paths[0].stem
     with tempfile.TemporaryDirectory() as folder:
         for reference, (network, prompted) in reference_networks(references, read_checkpoint(ckpt_paths[0]), official_repo).items():

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import nibabel as nib
 import pytest
 
@@ -26,15 +28,23 @@ def test_per_frame_cost_is_the_difference_of_a_long_and_a_one_frame_run(tmp_path
     pool = require_shared("unlabelled")
     checkpoint = write_checkpoint(tmp_path / "model.pt")
     # 5 frames: a NIfTI with 4 or fewer along its third axis holds channels, not frames (bundle.data.cine)
-    result = cine_fps.measure([f"tiny={checkpoint}:torch"], frames=5, repeats=1, threads=1, unlabelled_dir=pool)
+    setting = f"tiny={checkpoint}:torch --keep_largest_component false"
+    result = cine_fps.measure([setting], frames=5, repeats=1, threads=1, unlabelled_dir=pool)
     row = result["settings"]["tiny"]
     assert row["backend"] == "torch" and row["seconds_5"] > 0 and row["seconds_1"] > 0
+    assert row["overrides"] == ["--keep_largest_component", "false"]
     assert row["ms_per_frame"] == pytest.approx(1000 * (row["seconds_5"] - row["seconds_1"]) / 4)
     assert row["peak_rss_mib"] > 100  # a python process with torch and MONAI
     assert row["engine_frames_per_second"] > 0  # the command's own log line
-    assert "| tiny | torch |" in cine_fps.table(result)
-    with pytest.raises(ValueError, match="NAME=CKPT"):
-        cine_fps.parse_setting("no-checkpoint")
+    assert "| tiny | torch --keep_largest_component false |" in cine_fps.table(result)
+
+
+def test_a_setting_names_its_checkpoint_backend_and_config_overrides():
+    assert cine_fps.parse_setting("s=m.pt") == ("s", Path("m.pt"), None, [])
+    assert cine_fps.parse_setting("s=m.pt:onnxruntime --onnx_spinning true") == ("s", Path("m.pt"), "onnxruntime", ["--onnx_spinning", "true"])
+    for wrong in ("no-checkpoint", "s=m.pt --onnx_spinning", "s=m.pt onnx_spinning true"):
+        with pytest.raises(ValueError, match="NAME=CKPT"):
+            cine_fps.parse_setting(wrong)
 
 
 def test_a_loop_the_command_does_not_read_frame_by_frame_is_refused(tmp_path):

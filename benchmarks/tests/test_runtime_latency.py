@@ -21,7 +21,8 @@ def test_each_checkpoint_and_backend_gets_a_median_per_batch_and_its_ratios(tmp_
     result = runtime_latency.main(
         ["--ckpt_path", str(teacher), str(student), "--threads", "1", "--rounds", "2", "--batches", "1", "2", "--json", str(out)]
     )
-    names = {f"{stem} {backend}" for stem in ("teacher", "student") for backend in ("torch", "onnxruntime", "onnxruntime-int8")}
+    backends = ("torch", "onnxruntime", "onnxruntime-int8") + (("torch-bf16",) if runtime_latency.cpu_supports_bf16() else ())
+    names = {f"{stem} {backend}" for stem in ("teacher", "student") for backend in backends}
     assert set(result["ms"]) == names
     assert all(set(row) == {1, 2} and all(ms > 0 for ms in row.values()) for row in result["ms"].values())
     assert result["speed_up_vs_torch"]["student torch"] == {1: 1.0, 2: 1.0}
@@ -30,6 +31,14 @@ def test_each_checkpoint_and_backend_gets_a_median_per_batch_and_its_ratios(tmp_
     assert result["speed_up_vs_first"]["student onnxruntime"][1] == pytest.approx(ratio)
     assert json.loads(out.read_text())["image_sizes"] == {"teacher": 64, "student": 64}
     assert "| student onnxruntime-int8 |" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("native_bf16", [True, False])
+def test_the_bf16_row_is_timed_only_on_a_cpu_with_native_bf16(tmp_path, monkeypatch, native_bf16):
+    teacher = write_checkpoint(tmp_path / "teacher.pt")
+    monkeypatch.setattr(runtime_latency, "cpu_supports_bf16", lambda: native_bf16)
+    result = runtime_latency.main(["--ckpt_path", str(teacher), "--threads", "1", "--rounds", "1", "--batches", "1"])
+    assert ("teacher torch-bf16" in result["ms"]) is native_bf16
 
 
 def test_a_reference_network_is_timed_on_both_backends_at_the_first_checkpoints_size(tmp_path):
