@@ -74,8 +74,9 @@ def parse_setting(text: str) -> tuple[str, Path, str | None, list[str]]:
     """``NAME=CKPT[:BACKEND] [--KEY VALUE ...]`` -> (name, checkpoint, backend or None for the config's
     default, the further config overrides as command-line arguments)."""
     name, _, target = text.partition("=")
-    checkpoint, _, backend = (shlex.split(target) or [""])[0].partition(":")
-    overrides = shlex.split(target)[1:]
+    words = shlex.split(target) or [""]
+    checkpoint, _, backend = words[0].partition(":")
+    overrides = words[1:]
     if not name or not checkpoint or len(overrides) % 2 or not all(key.startswith("--") for key in overrides[::2]):
         raise ValueError(f"a setting is NAME=CKPT[:BACKEND] [--KEY VALUE ...], got {text!r}")
     return name, Path(checkpoint), backend or None, overrides

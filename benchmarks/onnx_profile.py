@@ -57,6 +57,7 @@ def profile(ckpt_path: Path, threads: int, calls: int, depth: int) -> dict:
     with tempfile.TemporaryDirectory() as folder:
         options = onnxruntime.SessionOptions()
         options.intra_op_num_threads = threads
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")  # as the bundle's sessions
         options.enable_profiling = True
         options.profile_file_prefix = str(Path(folder) / "ort")
         session = onnxruntime.InferenceSession(str(onnx_model_path(ckpt_path, size)), options, providers=["CPUExecutionProvider"])

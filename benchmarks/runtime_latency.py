@@ -42,7 +42,7 @@ from benchmarks import BUNDLE_ROOT
 from benchmarks.benchmark import machine, report, swin_unetr
 from bundle.networks import BundleCheckpoint, PerceptGuide, read_checkpoint
 from bundle.prompts import PROMPT_KEYS, PromptVocabulary
-from bundle.workflows.inferers import cpu_supports_bf16
+from bundle.workflows.inferers import PromptInferer, cpu_supports_bf16
 from bundle.workflows.runtimes import runtime_network
 
 # row name -> (runtime_network's backend, its quantize, run under bf16 autocast)
@@ -108,7 +108,7 @@ def reference_runners(
         output_names = [f"output{index}" for index in range(len(outputs) if isinstance(outputs, tuple) else 1)]
         torch.onnx.export(
             wrapped, example, str(path), dynamo=False, input_names=names, output_names=output_names,
-            dynamic_axes={name: {0: "batch"} for name in names + output_names},
+            dynamic_axes={axis_name: {0: "batch"} for axis_name in names + output_names},
         )  # fmt: skip
     options = onnxruntime.SessionOptions()
     options.intra_op_num_threads = threads
@@ -133,13 +133,9 @@ def prompts_for(vocabulary: PromptVocabulary, batch: int) -> dict[str, torch.Ten
 
 
 def in_bf16(network: nn.Module) -> Callable[[torch.Tensor, Mapping[str, torch.Tensor]], object]:
-    """``network(image, prompts)`` under CPU bf16 autocast, as ``PromptInferer`` runs it."""
-
-    def call(image: torch.Tensor, prompts: Mapping[str, torch.Tensor]) -> object:
-        with torch.autocast("cpu", dtype=torch.bfloat16):
-            return network(image, prompts)
-
-    return call
+    """``network(image, prompts)`` as inference.yaml's ``PromptInferer`` runs it with ``autocast: bf16``."""
+    inferer = PromptInferer("bf16")
+    return lambda image, prompts: inferer(image, network, prompts)
 
 
 def time_call(call: Callable[[], object]) -> float:

@@ -34,8 +34,10 @@ LABEL_PINS=(
     "numpy<2"
 )
 
+# the bundle's extras: ONNX Runtime makes the server's backend auto the bare command's
+BUNDLE_EXTRAS="[onnx]"
 STAMP="$VENV/.perceptguide_label_stamp"
-WANT="$TORCH_PIN ${LABEL_PINS[*]} | $("$PYTHON" --version 2>&1) | $(sha256sum "$REPO/pyproject.toml" | cut -d' ' -f1)"
+WANT="$TORCH_PIN ${LABEL_PINS[*]} bundle$BUNDLE_EXTRAS | $("$PYTHON" --version 2>&1) | $(sha256sum "$REPO/pyproject.toml" | cut -d' ' -f1)"
 
 mkdir -p "$VENV"
 # Two callers (a user's server and the test suite) may build at once: one builds, the other waits.
@@ -58,10 +60,9 @@ test -x "$VENV/bin/python" || "$PYTHON" -m venv "$VENV" >&2
 pip_install --upgrade pip
 pip_install "$TORCH_PIN"
 pip_install "$TORCH_PIN" "${LABEL_PINS[@]}"
-# The bundle's own dependencies, with ONNX Runtime so that the server's backend auto is the bare
-# inference command's; its code is taken from the repo via PYTHONPATH at start, so one venv can
-# serve any checkout of the repo.
-pip_install "$TORCH_PIN" "numpy<2" -e "$REPO[onnx]"
+# The bundle's own dependencies; its code is taken from the repo via PYTHONPATH at start, so one
+# venv can serve any checkout of the repo.
+pip_install "$TORCH_PIN" "numpy<2" -e "$REPO$BUNDLE_EXTRAS"
 "$VENV/bin/python" - >&2 <<'EOF'
 import monai
 import monailabel

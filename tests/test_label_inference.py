@@ -87,6 +87,16 @@ def test_the_app_serves_through_onnxruntime_when_asked_with_the_same_masks(infer
         BundleInference(REPO_ROOT, inference.model_path, device="cpu", runtime={"engine": "tvm"})
 
 
+def test_the_app_lets_onnx_runtime_threads_spin_only_when_asked(inference):
+    pytest.importorskip("onnxruntime")
+    for text, entry in (("true", "1"), ("False", "0")):
+        served = head_server(inference, runtime={"backend": "onnxruntime", "num_threads": "1", "onnx_spinning": text})
+        options = served._current().network.session.get_session_options()
+        assert options.get_session_config_entry("session.intra_op.allow_spinning") == entry
+    with pytest.raises(ValueError, match="onnx_spinning must be true or false"):
+        head_server(inference, runtime={"onnx_spinning": "maybe"})
+
+
 def test_request_prompts_override_the_defaults_and_change_the_output(inference, tmp_path):
     head = inference.predict(IMAGE, {}, tmp_path / "a")
     breast = inference.predict(IMAGE, {"organ": "breast", "object_type": "tumor"}, tmp_path / "b")

@@ -59,7 +59,8 @@ def test_the_onnxruntime_backend_infers_what_torch_does_and_caches_its_graph_by_
         mask_eager = np.array(Image.open(tmp_path / "torch" / eager["file"]))
         mask_ort = np.array(Image.open(tmp_path / "ort" / eager["file"]))
         assert (mask_eager == mask_ort).mean() > 0.999
-    assert "exporting" not in infer(images, tmp_path / "again", checkpoint)  # the default, auto: the cached graph
+    again = infer(images, tmp_path / "again", checkpoint, "--onnx_spinning", "true")
+    assert "exporting" not in again and ", spinning" in again  # the default, auto: the cached graph
 
 
 def test_int8_runs_on_onnxruntime_and_is_refused_on_torch(tmp_path, images):
@@ -78,6 +79,7 @@ def test_the_onnx_graph_takes_the_prompts_so_one_file_serves_every_organ_and_any
     network = read_checkpoint(checkpoint).build()
     runner = runtime_network(network, "onnxruntime", checkpoint, TINY_SIZE, threads=1)
     assert isinstance(runner, OnnxRuntimeNetwork) and runner.path == onnx_model_path(checkpoint, TINY_SIZE)
+    assert runner.session.get_inputs()[0].shape[0] == "batch" and not runner.per_image  # a batch is one call
     image = torch.rand(3, 3, TINY_SIZE, TINY_SIZE)
     names = [("breast", "tumor"), ("thyroid", "organ"), ("head", "organ")]
     encoded = [DEFAULT_VOCABULARY.encode({"position": o, "task": "segmentation", "mode": "whole", "type": t}) for o, t in names]
@@ -102,6 +104,18 @@ def test_auto_takes_onnxruntime_and_falls_back_to_torch_saying_why(tmp_path, mon
     with caplog.at_level("WARNING"):
         assert runtime_network(network, "auto", checkpoint, TINY_SIZE) is network
     assert "onnxruntime is not installed" in caplog.text
+
+
+def test_an_int8_image_gets_the_same_logits_alone_and_in_a_batch(tmp_path):
+    """Dynamic quantization scales a call's activations together, so int8 batches run image by image."""
+    checkpoint = write_checkpoint(tmp_path / "model.pt")
+    runner = runtime_network(read_checkpoint(checkpoint).build(), "onnxruntime", checkpoint, TINY_SIZE, threads=1, quantize="int8")
+    assert runner.per_image
+    image = torch.rand(4, 3, TINY_SIZE, TINY_SIZE, generator=torch.Generator().manual_seed(0))
+    image[1:] *= 5  # neighbours of a much wider range would change a shared activation scale
+    prompts = DEFAULT_VOCABULARY.encode({"position": "thyroid", "task": "segmentation", "mode": "whole", "type": "organ"})
+    alone, batched = runner(image[:1], prompts), runner(image, prompts)
+    assert torch.equal(alone[0][0], batched[0][0]) and torch.equal(alone[1][0], batched[1][0])
 
 
 def test_onnx_runtime_threads_spin_only_when_asked(tmp_path):

@@ -5,14 +5,16 @@ input size (the four prompts are inputs of the graph, so one file serves every o
 file beside the checkpoint under the checkpoint's sha256, and runs it with ONNX Runtime's CPU
 provider at the config's thread count. ``quantize: int8`` runs ONNX Runtime's dynamic int8
 quantization of the exported graph's matrix products instead. The graph's batch axis is dynamic:
-a batch is one call (1.25-1.5x faster at batch 8 than a call per image). ``backend: auto`` (the default) takes ONNX
-Runtime on a CPU where it is installed and the network exports, else eager PyTorch (a fallback
-says why in the log): ONNX Runtime's masks agreed with eager fp32 on 100 % of the demo test pixels
-(docs/performance.md).
+an fp32 batch is one call (1.3-1.4x faster at batch 8 than a call per image, threads not spinning);
+an int8 batch stays a call per image, since dynamic quantization scales each call's activations
+as a whole and an image's mask would depend on its neighbours. ``backend: auto`` (the default)
+takes ONNX Runtime on a CPU where it is installed and the network exports, else eager PyTorch (a
+fallback says why in the log): ONNX Runtime's masks agreed with eager fp32 on 100 % of the demo
+test pixels (docs/performance.md).
 
 Config use::
 
-    network: "$bundle.workflows.runtimes.runtime_network(@network_def, @backend, @ckpt_path, @input_size, @num_threads, @quantize)"
+    network: "$bundle.workflows.runtimes.runtime_network(@network_def, @backend, @ckpt_path, @input_size, @num_threads, @quantize, @onnx_spinning)"
 """
 
 from __future__ import annotations
@@ -20,9 +22,11 @@ from __future__ import annotations
 import logging
 import os
 import tempfile
+import warnings
 from collections.abc import Mapping
 from pathlib import Path
 
+import numpy as np
 import torch
 from monai.utils import look_up_option, optional_import
 from torch import nn
@@ -65,7 +69,9 @@ def export_onnx(network: nn.Module, path: Path, image_size: int) -> Path:
     handle, partial = tempfile.mkstemp(suffix=".onnx", dir=path.parent)
     os.close(handle)
     try:
-        with torch.no_grad():
+        with torch.no_grad(), warnings.catch_warnings():
+            # the classification decoder's pooled size is an int on purpose: a constant of the graph
+            warnings.filterwarnings("ignore", message="Converting a tensor to a Python integer")
             # the trailing {} tells the exporter that the prompts dict is a positional argument
             torch.onnx.export(
                 network, (image, prompts, {}), partial, dynamo=False,
@@ -100,9 +106,11 @@ class OnnxRuntimeNetwork(nn.Module):
         spinning: whether those threads spin-wait for work after a call (ONNX Runtime's default).
             Off by default: in an inference pipeline PyTorch's own threads read, resize and write on
             the same cores between calls, and spinning threads take their time (docs/performance.md).
+        per_image: one call per image instead of one per batch; for int8 graphs, whose dynamic
+            quantization scales a call's activations together.
     """
 
-    def __init__(self, path: str | Path, threads: int = 1, spinning: bool = False) -> None:
+    def __init__(self, path: str | Path, threads: int = 1, spinning: bool = False, per_image: bool = False) -> None:
         super().__init__()
         onnxruntime, found = optional_import("onnxruntime")
         if not found:
@@ -110,18 +118,23 @@ class OnnxRuntimeNetwork(nn.Module):
         options = onnxruntime.SessionOptions()
         options.intra_op_num_threads = max(int(threads), 1)
         options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
-        self.path = Path(path)
+        self.path, self.per_image = Path(path), per_image
         self.session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
     def forward(self, image: torch.Tensor, prompts: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-        """image (B, C, H, W), prompts {key: (B, n_k)} -> seg logits (B, K, H, W), cls logits (B, J)."""
+        """image (B, C, H, W), prompts {key: (B, n_k), or (n_k,) shared by the batch} -> seg logits
+        (B, K, H, W), cls logits (B, J)."""
         batch = image.shape[0]
         feeds = {"image": image.float().cpu().numpy()}
         for key in PROMPT_KEYS:
             value = prompts[key].expand(batch, -1) if prompts[key].dim() == 1 else prompts[key]
             feeds[key] = value.float().cpu().contiguous().numpy()
-        seg_logits, cls_logits = self.session.run(list(OUTPUT_NAMES), feeds)
-        return torch.from_numpy(seg_logits).to(image.device), torch.from_numpy(cls_logits).to(image.device)
+        calls = [feeds]
+        if self.per_image:
+            calls = [{key: value[index : index + 1] for key, value in feeds.items()} for index in range(batch)]
+        outputs = [self.session.run(list(OUTPUT_NAMES), call) for call in calls]
+        seg_logits, cls_logits = (torch.from_numpy(np.concatenate(arrays)) for arrays in zip(*outputs))
+        return seg_logits.to(image.device), cls_logits.to(image.device)
 
 
 def runtime_network(
@@ -168,4 +181,4 @@ def runtime_network(
             logger.info("quantizing %s to int8: %s", plain, path)
             quantize_int8(plain, path)
     logger.info("backend onnxruntime: %s, %d threads%s", path, threads, ", spinning" if spinning else "")
-    return OnnxRuntimeNetwork(path, threads, spinning)
+    return OnnxRuntimeNetwork(path, threads, spinning, per_image=quantize == "int8")

@@ -43,7 +43,22 @@ PROMPT_NAMES: tuple[str, ...] = ("organ", "object_type", "mode")
 # inference.yaml's switches of the mask clean-up, which an app may set (true / false)
 POSTPROCESSING_KEYS: tuple[str, ...] = ("keep_largest_component", "fill_holes")
 # inference.yaml's runtime choices, which an app may set (bundle.workflows.runtimes)
-RUNTIME_KEYS: tuple[str, ...] = ("backend", "quantize", "num_threads")
+RUNTIME_KEYS: tuple[str, ...] = ("backend", "quantize", "num_threads", "onnx_spinning")
+
+
+def runtime_value(key: str, value: Any) -> Any:
+    """A runtime option given as text (``--conf num_threads 2``) as the config holds it.
+
+    Raises:
+        ValueError: ``onnx_spinning`` other than true / false.
+    """
+    if key == "num_threads":
+        return int(value)
+    if key == "onnx_spinning" and not isinstance(value, bool):
+        if str(value).lower() not in ("true", "false"):
+            raise ValueError(f"onnx_spinning must be true or false, got {value!r}")
+        return str(value).lower() == "true"
+    return value
 
 
 class RequestError(ValueError):
@@ -98,8 +113,8 @@ class BundleInference:
         device: e.g. ``"cpu"`` or ``"cuda:0"``; None keeps the config's choice.
         defaults: prompt names used when a request gives none (request name -> prompt name);
             names not given here come from the config's ``organ`` / ``object_type`` / ``mode``.
-        runtime: inference.yaml's ``backend``, ``quantize`` and ``num_threads`` (``RUNTIME_KEYS``),
-            e.g. ``{"backend": "onnxruntime"}``.
+        runtime: inference.yaml's ``backend``, ``quantize``, ``num_threads`` and ``onnx_spinning``
+            (``RUNTIME_KEYS``), e.g. ``{"backend": "onnxruntime"}``.
         postprocessing: values of the config's mask clean-up switches (``POSTPROCESSING_KEYS``,
             ``"true"`` / ``"false"``); those not given keep the config's.
 
@@ -129,7 +144,7 @@ class BundleInference:
         parser.read_config(str(Path(bundle_root) / "configs" / "inference.yaml"))
         parser.update({"bundle_root": str(bundle_root), "ckpt_path": str(self.model_path), "num_workers": 0})
         parser.update(dict(postprocessing or {}))
-        parser.update({key: value if key != "num_threads" else int(value) for key, value in (runtime or {}).items()})
+        parser.update({key: runtime_value(key, value) for key, value in (runtime or {}).items()})
         self._runtime = {key: parser.get_parsed_content(key) for key in RUNTIME_KEYS}
         if device:
             parser["device"] = f"$torch.device('{device}')"
@@ -220,7 +235,7 @@ class BundleInference:
             runtime = self._runtime
             network = runtime_network(
                 checkpoint.build(), runtime["backend"], self.model_path, checkpoint.description.image_size,
-                runtime["num_threads"], runtime["quantize"],
+                runtime["num_threads"], runtime["quantize"], runtime["onnx_spinning"],
             ).to(self._device)  # fmt: skip
             self._served = _Served(checkpoint, network, stamp, file_digest(self.model_path))
             logger.info("serving %s (sha256 %s)", self.model_path, self._served.digest[:12])
