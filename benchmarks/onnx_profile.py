@@ -29,7 +29,7 @@ from benchmarks.benchmark import machine, report
 from benchmarks.runtime_latency import prompts_for
 from bundle.networks import read_checkpoint
 from bundle.prompts import PROMPT_KEYS
-from bundle.workflows.runtimes import onnx_model_path, runtime_network
+from bundle.workflows.runtimes import onnx_model_path, onnx_session_options, runtime_network
 
 
 def kernel_times(trace: Sequence[dict], depth: int) -> tuple[collections.Counter, collections.Counter, int]:
@@ -55,9 +55,7 @@ def profile(ckpt_path: Path, threads: int, calls: int, depth: int) -> dict:
     feeds = {"image": image.numpy()} | {key: prompts[key].numpy() for key in PROMPT_KEYS}
     onnxruntime = optional_import("onnxruntime")[0]
     with tempfile.TemporaryDirectory() as folder:
-        options = onnxruntime.SessionOptions()
-        options.intra_op_num_threads = threads
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")  # as the bundle's sessions
+        options = onnx_session_options(threads)  # as the bundle's sessions
         options.enable_profiling = True
         options.profile_file_prefix = str(Path(folder) / "ort")
         session = onnxruntime.InferenceSession(str(onnx_model_path(ckpt_path, size)), options, providers=["CPUExecutionProvider"])

@@ -43,7 +43,7 @@ from benchmarks.benchmark import machine, report, swin_unetr
 from bundle.networks import BundleCheckpoint, PerceptGuide, read_checkpoint
 from bundle.prompts import PROMPT_KEYS, PromptVocabulary
 from bundle.workflows.inferers import PromptInferer, cpu_supports_bf16
-from bundle.workflows.runtimes import runtime_network
+from bundle.workflows.runtimes import onnx_session_options, runtime_network
 
 # row name -> (runtime_network's backend, its quantize, run under bf16 autocast)
 BACKENDS = {
@@ -110,11 +110,8 @@ def reference_runners(
             wrapped, example, str(path), dynamo=False, input_names=names, output_names=output_names,
             dynamic_axes={axis_name: {0: "batch"} for axis_name in names + output_names},
         )  # fmt: skip
-    options = onnxruntime.SessionOptions()
-    options.intra_op_num_threads = threads
-    # as the bundle's sessions (OnnxRuntimeNetwork): spinning threads would slow the next runner's call
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    # as the bundle's sessions: spinning threads would slow the next runner's call
+    session = onnxruntime.InferenceSession(str(path), onnx_session_options(threads), providers=["CPUExecutionProvider"])
 
     def run_session(image: torch.Tensor, prompts: Mapping[str, torch.Tensor]) -> None:
         feeds = {"image": image.numpy()}

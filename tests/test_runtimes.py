@@ -122,6 +122,7 @@ def test_onnx_runtime_threads_spin_only_when_asked(tmp_path):
     """Spinning threads would hold the cores that the pipeline's reading and writing need between calls."""
     checkpoint = write_checkpoint(tmp_path / "model.pt")
     network = read_checkpoint(checkpoint).build()
-    for spinning, entry in ((False, "0"), (True, "1")):
+    # the config hands over the text of --onnx_spinning false / true
+    for spinning, entry in ((False, "0"), (True, "1"), ("false", "0"), ("true", "1")):
         runner = runtime_network(network, "onnxruntime", checkpoint, TINY_SIZE, threads=1, spinning=spinning)
         assert runner.session.get_session_options().get_session_config_entry("session.intra_op.allow_spinning") == entry

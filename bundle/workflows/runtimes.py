@@ -31,10 +31,11 @@ import torch
 from monai.utils import look_up_option, optional_import
 from torch import nn
 
+from bundle.flags import as_flag
 from bundle.hashing import file_digest
 from bundle.prompts import PROMPT_KEYS
 
-__all__ = ["BACKENDS", "QUANTIZATIONS", "OnnxRuntimeNetwork", "export_onnx", "onnx_model_path", "runtime_network"]
+__all__ = ["BACKENDS", "QUANTIZATIONS", "OnnxRuntimeNetwork", "export_onnx", "onnx_model_path", "onnx_session_options", "runtime_network"]
 
 logger = logging.getLogger(__name__)
 BACKENDS = ("auto", "torch", "onnxruntime")
@@ -97,6 +98,18 @@ def quantize_int8(source: Path, path: Path) -> Path:
     return path
 
 
+def onnx_session_options(threads: int, spinning: bool = False):
+    """ONNX Runtime session options: ``threads`` intra-op threads, spin-waiting after a call only if
+    ``spinning`` (see :class:`OnnxRuntimeNetwork`)."""
+    onnxruntime, found = optional_import("onnxruntime")
+    if not found:
+        raise ImportError("backend 'onnxruntime' needs the onnxruntime package: pip install onnxruntime")
+    options = onnxruntime.SessionOptions()
+    options.intra_op_num_threads = max(int(threads), 1)
+    options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
+    return options
+
+
 class OnnxRuntimeNetwork(nn.Module):
     """A PerceptGuide graph run by ONNX Runtime: called as the network is, ``(image, prompts) -> (seg, cls)``.
 
@@ -112,14 +125,9 @@ class OnnxRuntimeNetwork(nn.Module):
 
     def __init__(self, path: str | Path, threads: int = 1, spinning: bool = False, per_image: bool = False) -> None:
         super().__init__()
-        onnxruntime, found = optional_import("onnxruntime")
-        if not found:
-            raise ImportError("backend 'onnxruntime' needs the onnxruntime package: pip install onnxruntime")
-        options = onnxruntime.SessionOptions()
-        options.intra_op_num_threads = max(int(threads), 1)
-        options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
+        options = onnx_session_options(threads, spinning)
         self.path, self.per_image = Path(path), per_image
-        self.session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        self.session = optional_import("onnxruntime")[0].InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
     def forward(self, image: torch.Tensor, prompts: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         """image (B, C, H, W), prompts {key: (B, n_k), or (n_k,) shared by the batch} -> seg logits
@@ -149,13 +157,14 @@ def runtime_network(
     """``network`` itself for ``backend`` torch; for onnxruntime, its cached (exported on first use,
     int8-quantized if asked) graph in an :class:`OnnxRuntimeNetwork`; for auto, the latter where
     onnxruntime is installed and the export succeeds, else the former (each fallback logged).
-    ``spinning``: :class:`OnnxRuntimeNetwork`'s.
+    ``spinning``: :class:`OnnxRuntimeNetwork`'s (a bool, or the text ``--onnx_spinning false`` hands the config).
 
     Raises:
         ValueError: an unknown backend or quantization, or int8 with the torch backend.
     """
     backend = look_up_option(backend, BACKENDS)
     quantize = look_up_option(str(quantize).lower(), QUANTIZATIONS)
+    spinning = as_flag(spinning, "onnx_spinning")
     if backend == "torch":
         if quantize != "none":
             raise ValueError("quantize 'int8' runs on the onnxruntime backend: add --backend onnxruntime")

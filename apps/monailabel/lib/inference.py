@@ -28,6 +28,7 @@ import torch
 from monai.bundle import ConfigParser
 
 from bundle.data.files import stem_of
+from bundle.flags import as_flag
 from bundle.hashing import file_digest
 from bundle.networks import BundleCheckpoint, read_checkpoint
 from bundle.workflows.runtimes import runtime_network
@@ -50,14 +51,12 @@ def runtime_value(key: str, value: Any) -> Any:
     """A runtime option given as text (``--conf num_threads 2``) as the config holds it.
 
     Raises:
-        ValueError: ``onnx_spinning`` other than true / false.
+        ValueError: ``onnx_spinning`` that is not an on/off switch (``bundle.flags.as_flag``).
     """
     if key == "num_threads":
         return int(value)
-    if key == "onnx_spinning" and not isinstance(value, bool):
-        if str(value).lower() not in ("true", "false"):
-            raise ValueError(f"onnx_spinning must be true or false, got {value!r}")
-        return str(value).lower() == "true"
+    if key == "onnx_spinning":
+        return as_flag(value, key)
     return value
 
 
