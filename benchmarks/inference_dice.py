@@ -69,7 +69,7 @@ def score_split(
     choose the samples as the training configs do.
 
     Returns:
-        {dataset: {"dice": mean, "images": n, "seconds": inference wall time}}.
+        {dataset: {"dice": mean, "images": n, "seconds": inference wall time, "per_image": {stem: Dice}}}.
     """
     registry = load_registry(registry_file or dataset_dir / "datasets.yaml")
     samples = [s for s in load_samples(registry, split, datalist) if s["task"] == "segmentation"]
@@ -88,14 +88,17 @@ def score_split(
         if finished.returncode:
             raise RuntimeError(f"inference on {dataset} failed:\n{finished.stdout[-3000:]}{finished.stderr[-3000:]}")
         seconds = time.monotonic() - start
-        scores = []
+        per_image = {}
         for sample in members:
             truth = np.asarray(load(sample["label"]))[0] > 0
             if not truth.any():
                 continue
-            predicted = np.asarray(load(outputs / f"{Path(sample['image']).stem}.png"))[0] > 0
-            scores.append(dice(predicted, truth))
-        results[dataset] = {"dice": float(np.mean(scores)), "images": len(scores), "seconds": round(seconds, 1)}
+            stem = Path(sample["image"]).stem
+            per_image[stem] = dice(np.asarray(load(outputs / f"{stem}.png"))[0] > 0, truth)
+        results[dataset] = {
+            "dice": float(np.mean(list(per_image.values()))), "images": len(per_image), "seconds": round(seconds, 1),
+            "per_image": {stem: round(float(score), 4) for stem, score in per_image.items()},
+        }  # fmt: skip
     return results
 
 

@@ -10,7 +10,9 @@ network input resolution (``bundle.transforms.val_transforms``). The untrained m
 initial weights) is evaluated first, so one run prints both rows. More than one ``--split``
 scores the trained model on each (the first is the table's; ``train`` shows how far it fits).
 
-``--network perceptguide`` trains the bundle's own network (``network_def`` of
+``--network swinunetr`` trains MONAI's 2D SwinUNETR (``--feature_size``, default 24) by the same
+recipe: a Swin encoder with convolutional skips and decoder, the hybrid the bundle's
+``conv_skips`` option borrows from. ``--network perceptguide`` trains the bundle's own network (``network_def`` of
 ``--network_configs``, default pretrain.yaml + cpu.yaml, prompts on) by this recipe instead:
 loss, optimiser, schedule, whole images and official augmentation of the U-Net. Set beside the
 bundle's pretrain recipe, it tells whether the network or the recipe holds the fit back.
@@ -27,7 +29,7 @@ Usage::
     python -m benchmarks.unet_baseline [--minutes 12 | --steps N] [--clock wall|process] [--dataset_dir data/demo] \\
         [--registry_file FILE.yaml] [--datalist FILE.json ...] [--image_size 160] [--batch_size 16] [--lr 1e-3] [--letterbox_prob P] \\
         [--threads 2] [--init unet.pt] [--save unet.pt] [--json out.json] [--split test train] \\
-        [--network unet|perceptguide] [--network_configs configs/pretrain.yaml configs/cpu.yaml]
+        [--network unet|swinunetr|perceptguide] [--feature_size 24] [--network_configs configs/pretrain.yaml configs/cpu.yaml]
 
 ``--save`` writes the trained weights (the U-Net's state dict; the bundle's network as a bundle
 checkpoint that evaluate.yaml and the inference command read); ``--init`` starts from such a file
@@ -50,7 +52,7 @@ from ignite.engine import Engine, Events
 from monai.data import CacheDataset, DataLoader, Dataset
 from monai.engines import SupervisedTrainer
 from monai.losses import DiceCELoss
-from monai.networks.nets import UNet
+from monai.networks.nets import SwinUNETR, UNet
 from monai.transforms import Compose
 from monai.utils import set_determinism
 
@@ -66,8 +68,8 @@ from bundle.workflows.batch import PreparePromptBatch
 from bundle.workflows.metrics import SampleRecord, segmentation_scores, summarise
 
 INPUT_MODES = ("whole", "official")
-NETWORKS = ("unet", "perceptguide")
-NETWORK_LABELS = {"unet": "U-Net", "perceptguide": "PerceptGuide"}
+NETWORKS = ("unet", "swinunetr", "perceptguide")
+NETWORK_LABELS = {"unet": "U-Net", "swinunetr": "SwinUNETR", "perceptguide": "PerceptGuide"}
 PERCEPTGUIDE_CONFIGS = ("configs/pretrain.yaml", "configs/cpu.yaml")  # relative to the bundle root
 
 
@@ -81,6 +83,12 @@ def build_unet(seg_classes: int) -> UNet:
         strides=(2, 2, 2, 2),
         num_res_units=2,
     )
+
+
+def build_swinunetr(seg_classes: int, feature_size: int) -> SwinUNETR:
+    """MONAI's 2D SwinUNETR, RGB in: a Swin encoder (patch 2, window 7) with convolutional skip blocks
+    at every scale and a convolutional decoder; no prompts. Inputs must be multiples of 32."""
+    return SwinUNETR(in_channels=3, out_channels=seg_classes, feature_size=feature_size, spatial_dims=2)
 
 
 # (image, label, network args, network kwargs) of a batch, as MONAI's engines take a prepare_batch
@@ -112,6 +120,8 @@ def build_network(args: argparse.Namespace, registry: DatasetRegistry) -> torch.
     """The U-Net, or with ``--network perceptguide`` the bundle's network as ``SegmentationLogits``."""
     if args.network == "perceptguide":
         return build_perceptguide(args.network_configs, registry, args.image_size)
+    if args.network == "swinunetr":
+        return build_swinunetr(registry.num_seg_classes, args.feature_size)
     return build_unet(registry.num_seg_classes)
 
 
@@ -314,6 +324,7 @@ def main(argv: list[str] | None = None) -> None:
         "--datalist", nargs="+", help="MONAI datalist JSON(s) of the splits (default: the registry's folders)"
     )
     parser.add_argument("--network", choices=NETWORKS, default="unet", help="what this recipe trains")
+    parser.add_argument("--feature_size", type=int, default=24, help="SwinUNETR's first width (a multiple of 12)")
     parser.add_argument(
         "--network_configs", nargs="+", default=list(PERCEPTGUIDE_CONFIGS),
         help="bundle configs (relative to the bundle root) whose network_def --network perceptguide builds",
