@@ -8,11 +8,15 @@ import math
 import numpy as np
 import pytest
 import torch
+from ignite.engine import Engine
 from monai.bundle import ConfigWorkflow
 from monai.data import MetaTensor
 from monai.losses import DiceCELoss
 
+from bundle.data import load_registry
 from bundle.flags import as_flag
+from bundle.networks import describe
+from bundle.workflows.averaging import WeightAverage
 from bundle.workflows.batch import PreparePromptBatch
 from bundle.workflows.inference import mask_postprocessing
 from bundle.workflows.inferers import PromptInferer
@@ -20,8 +24,9 @@ from bundle.workflows.losses import TaskMaskedLoss
 from bundle.workflows.metrics import MultiTaskMetrics, SampleRecord, summarise
 from bundle.workflows.overlay import inner_outline, overlay, paletted_overlay
 from bundle.workflows.schedules import decay_lr
+from bundle.workflows.selection import average_model_filename, best_model_filename, last_model_filename
 from bundle.workflows.sync import prompt_parameters
-from tests.bundle_runner import REPO_ROOT, config_files
+from tests.bundle_runner import DEMO_DIR, REPO_ROOT, config_files
 from tests.conftest import tiny_network
 
 
@@ -121,6 +126,67 @@ def test_prompt_inferer_falls_back_to_fp32_with_a_warning_without_native_bf16(ca
     torch.testing.assert_close(seg, expected[0])
     with pytest.raises(ValueError, match="autocast must be"):
         PromptInferer("fp16")
+
+
+def test_prompt_inferer_flip_averages_the_image_and_its_mirror():
+    torch.manual_seed(0)
+    net = tiny_network().eval()
+    image = torch.rand(2, 3, 64, 64)
+    prompts = {"position": torch.eye(11)[[1, 2]], "task": torch.eye(2)[[0, 0]], "mode": torch.eye(3)[[0, 0]], "type": torch.eye(2)[[0, 1]]}
+    with torch.no_grad():
+        seg, cls = PromptInferer(flip="true")(image, net, prompts)
+        plain_seg, plain_cls = net(image, prompts)
+        mirror_seg, mirror_cls = net(torch.flip(image, dims=(-1,)), prompts)
+        plain_only = PromptInferer(flip=False)(image, net, prompts)
+    torch.testing.assert_close(seg, (plain_seg + torch.flip(mirror_seg, dims=(-1,))) / 2)
+    torch.testing.assert_close(cls, (plain_cls + mirror_cls) / 2)
+    assert not torch.allclose(seg, plain_seg)  # the mirror changed the answer: the tiny network is not symmetric
+    assert torch.equal(plain_only[0], plain_seg)
+    with pytest.raises(ValueError, match="test_time_flip must be true or false"):
+        PromptInferer(flip="maybe")
+
+
+def test_weight_average_follows_the_exponential_moving_average_and_resumes(tmp_path):
+    """Each iteration sets the weights to a known value; the average must follow ``(1 - m) a + m w``,
+    be written as a bundle checkpoint at the end, and carry over through its state dict."""
+    net = tiny_network()
+    start = {key: value.clone() for key, value in net.state_dict().items()}
+    momentum, steps = 0.25, 3
+    average = WeightAverage(net, momentum, tmp_path, "model_ema.pt", describe(net, load_registry(DEMO_DIR / "datasets.yaml"), 64))
+
+    def step(engine, batch):
+        with torch.no_grad():
+            for parameter in net.parameters():
+                parameter.fill_(float(engine.state.iteration))
+
+    engine = Engine(step)
+    average.attach(engine)
+    engine.run([0] * steps, max_epochs=1)
+    name = next(name for name, _ in net.named_parameters())
+    expected = start[name].clone()
+    for iteration in range(1, steps + 1):
+        expected = (1 - momentum) * expected + momentum * iteration
+    saved = torch.load(tmp_path / "model_ema.pt", weights_only=True)
+    torch.testing.assert_close(saved["model"][name], expected)
+    torch.testing.assert_close(average.state_dict()[name], expected)
+    resumed = WeightAverage(tiny_network(), momentum, tmp_path, "other.pt", None)
+    resumed.load_state_dict(average.state_dict())
+    torch.testing.assert_close(resumed.network.state_dict()[name], expected)
+    off = WeightAverage(net, 0, tmp_path, "none.pt", None)
+    off.attach(Engine(step))
+    assert off.network is None and off.state_dict() == {}
+    with pytest.raises(ValueError, match=r"ema_momentum must be in \[0, 1\)"):
+        WeightAverage(net, 1.5, tmp_path, "x.pt", None)
+
+
+def test_model_selection_names_the_files_of_best_last_and_averaged_weights():
+    assert [best_model_filename(s) for s in ("best", "last", "ema")] == ["model.pt", "model_best.pt", "model_best.pt"]
+    assert [last_model_filename(s) for s in ("last", "ema")] == ["model.pt", "model_last.pt"]
+    assert average_model_filename("last", 0.01) == "model_ema.pt" and average_model_filename("ema", 0.01) == "model.pt"
+    with pytest.raises(ValueError, match="needs ema_momentum > 0"):
+        average_model_filename("ema", 0)
+    with pytest.raises(ValueError, match="model_selection must be one of"):
+        last_model_filename("final")
 
 
 def test_sync_freezes_everything_but_the_prompt_projections():
