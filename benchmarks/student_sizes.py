@@ -2,14 +2,16 @@
 
 A student keeps the teacher's stage layout (configs/distill.yaml aligns their stages), so the
 candidates differ from the teacher in width, depths, heads, window, the convolutional skip path
-and input size. Each candidate is the teacher's constructor arguments with its overrides, random
+and input size; the four-stage list also times three layouts of 8-pixel tokens, the shape the
+0.4.0 teacher took (``--layout three-stage``: candidates for such a teacher). Each candidate is the teacher's constructor arguments with its overrides, random
 weights (latency does not depend on them), timed in one process with the teacher: eager PyTorch
 and ONNX Runtime, calls interleaved round by round, the median of ``--rounds`` calls at batch 1
 on the candidate's own input size (``img_size``).
 
 Usage::
 
-    python -m benchmarks.student_sizes [--teacher models/pretrained.pt] [--threads 2] [--rounds 30] [--json out.json]
+    python -m benchmarks.student_sizes [--teacher models/pretrained.pt] [--threads 2] [--rounds 30] \\
+        [--layout four-stage|three-stage] [--json out.json]
 """
 
 from __future__ import annotations
@@ -50,7 +52,30 @@ CANDIDATES: dict[str, dict] = {
                         "num_heads": [2, 4, 8, 16], "conv_skips": 8, "img_size": 64, "window_size": 2},
     "w24 d1 cs8 96²": {"encoder_depths": [1, 1, 1, 1], "decoder_depths": [1, 1, 1, 1], "conv_skips": 8,
                         "img_size": 96, "window_size": 3},
+    # 8-pixel tokens (a quarter as many) with the convolutional path carrying three finer scales;
+    # three stages keep window 4 unpadded at 128² (pad multiple 8 * 4 * 2^2)
+    "w16 d1 cs8 patch 8, 3 stages": {"embed_dim": 16, "encoder_depths": [1, 1, 1], "decoder_depths": [1, 1, 1],
+                                     "num_heads": [2, 4, 8], "conv_skips": 8, "patch_size": 8},
+    "w24 d1 cs8 patch 8, 3 stages": {"encoder_depths": [1, 1, 1], "decoder_depths": [1, 1, 1],
+                                     "num_heads": [3, 6, 12], "conv_skips": 8, "patch_size": 8},
+    "w16 d1 cs8 patch 8, win2": {"embed_dim": 16, "encoder_depths": [1, 1, 1, 1], "decoder_depths": [1, 1, 1, 1],
+                                 "num_heads": [2, 4, 8, 16], "conv_skips": 8, "patch_size": 8, "window_size": 2},
 }  # fmt: skip
+# students of a teacher with the 0.4.0 layout (8-pixel tokens, three stages, 96², conv skips 32)
+THREE_STAGE_CANDIDATES: dict[str, dict] = {
+    "teacher": {},
+    "w16 d1 cs8": {"embed_dim": 16, "encoder_depths": [1, 1, 1], "decoder_depths": [1, 1, 1],
+                   "num_heads": [2, 4, 8], "conv_skips": 8},
+    "w16 d1 cs4": {"embed_dim": 16, "encoder_depths": [1, 1, 1], "decoder_depths": [1, 1, 1],
+                   "num_heads": [2, 4, 8], "conv_skips": 4},
+    "w16 d1 cs16": {"embed_dim": 16, "encoder_depths": [1, 1, 1], "decoder_depths": [1, 1, 1],
+                    "num_heads": [2, 4, 8], "conv_skips": 16},
+    "w24 d1 cs8": {"encoder_depths": [1, 1, 1], "decoder_depths": [1, 1, 1], "conv_skips": 8},
+    "w24 d2/1 cs8": {"conv_skips": 8},
+    "w16 d1 cs8 64²": {"embed_dim": 16, "encoder_depths": [1, 1, 1], "decoder_depths": [1, 1, 1],
+                       "num_heads": [2, 4, 8], "conv_skips": 8, "img_size": 64, "window_size": 2},
+}  # fmt: skip
+LAYOUTS = {"four-stage": CANDIDATES, "three-stage": THREE_STAGE_CANDIDATES}
 BACKENDS = ("torch", "onnxruntime")
 
 
@@ -118,9 +143,11 @@ def main(argv: Sequence[str] | None = None) -> dict:
     parser.add_argument("--teacher", type=Path, default=BUNDLE_ROOT / "models" / "pretrained.pt")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--rounds", type=int, default=30)
+    parser.add_argument("--layout", choices=sorted(LAYOUTS), default="four-stage",
+                        help="the teacher's: four stages of 4-pixel tokens (0.3.0) or three of 8-pixel ones (0.4.0)")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args(argv)
-    result = measure(args.teacher, args.threads, args.rounds)
+    result = measure(args.teacher, args.threads, args.rounds, LAYOUTS[args.layout])
     title = f"students of {args.teacher}, batch 1, {args.threads} threads, median of {args.rounds}"
     return report(title, table(result), result, args.json)
 

@@ -43,7 +43,7 @@ def pretrained(workdir, datalist) -> Path:
     """One tiny pretraining run; its outputs are checked below and reused by the other stages."""
     run_bundle(
         "pretrain",
-        overrides={"datalist": datalist, "ckpt_dir": workdir / "models", "output_dir": workdir / "runs"},
+        overrides={"datalist": datalist, "ckpt_dir": workdir / "models", "output_dir": workdir / "runs", "ema_momentum": 0.5},
     )
     return workdir / "models" / "model.pt"
 
@@ -61,7 +61,13 @@ def test_pretrain_writes_self_describing_best_and_resumable_checkpoints_and_tens
         expected = PromptedSegmenter(checkpoint.build(), organ="breast", object_type="tumor")(image)
         assert torch.equal(PromptedSegmenter(load_model(pretrained), organ="breast", object_type="tumor")(image), expected)
     resumable = torch.load(workdir / "models" / "checkpoint_1.pt", weights_only=True)
-    assert {"model", "optimizer", "lr_scheduler", "trainer", "description"} <= set(resumable)
+    assert {"model", "optimizer", "lr_scheduler", "trainer", "description", "weight_average"} <= set(resumable)
+    # ema_momentum > 0: the weights' moving average beside, self-describing, resumable with the rest
+    average = read_checkpoint(workdir / "models" / "model_ema.pt")
+    assert average.description.arguments == description.arguments
+    state = resumable["weight_average"]
+    assert state.keys() == resumable["model"].keys() and all(torch.equal(average.state_dict[k], state[k]) for k in state)
+    assert not all(torch.equal(state[k], resumable["model"][k]) for k in state)
 
 
 def test_pretrain_with_the_cpu_setting_runs_its_recipe(workdir, datalist):
@@ -115,18 +121,22 @@ def test_cpu_setting_trains_with_its_augmentation():
             assert cascade.zoom == (0.8, 1.2) and not gamma
 
 
-def test_shipped_recipe_letterboxes_half_its_samples_at_128_and_trains_through_monai_bundle_run(workdir, datalist):
-    """configs/shipped.yaml over cpu.yaml: 128², window 4, the letterbox drawn for half the samples;
-    one tiny epoch of the three files runs as ``make train-demo`` runs them."""
+def test_shipped_recipe_letterboxes_half_its_samples_and_trains_through_monai_bundle_run(workdir, datalist):
+    """configs/shipped.yaml over cpu.yaml: 96², 8-pixel tokens in three Swin stages, conv skips 32, the
+    letterbox drawn for half the samples; one tiny epoch of the three files runs as ``make train-demo``
+    runs them, the tiny network keeping the shipped layout (three stages, window 2 at 64²: unpadded)."""
     files = ["pretrain.yaml", "cpu.yaml", "shipped.yaml"]
     chain = parsed(files, "train#preprocessing")
     letterbox = next(t for t in chain.transforms if isinstance(t, RandLetterboxInterpolated))
-    assert (letterbox.prob, letterbox.spatial_size) == (0.5, 128)
-    assert parsed(files, "network_def#window_size") == 4
+    assert (letterbox.prob, letterbox.spatial_size) == (0.5, 96)
+    network = parsed(files, "network_def")
+    assert [network.arguments[key] for key in ("patch_size", "window_size", "encoder_depths")] == [8, 3, [2, 2, 2]]
     ckpt_dir = workdir / "shipped_models"
-    overrides = {"datalist": datalist, "ckpt_dir": ckpt_dir, "output_dir": workdir / "shipped_runs", "epochs": 1}
+    overrides = {"datalist": datalist, "ckpt_dir": ckpt_dir, "output_dir": workdir / "shipped_runs", "epochs": 1,
+                 "network_def#encoder_depths": "[1,1,1]", "network_def#decoder_depths": "[1,1,1]"}  # fmt: skip
     run_bundle("pretrain", "cpu", "shipped", overrides=overrides)
-    assert read_checkpoint(ckpt_dir / "model.pt").description.arguments["conv_skips"] == 16
+    arguments = read_checkpoint(ckpt_dir / "model.pt").description.arguments
+    assert (arguments["conv_skips"], arguments["patch_size"], arguments["num_heads"]) == (32, 8, [3, 6, 12])
 
 
 @pytest.mark.parametrize(
@@ -274,7 +284,7 @@ def test_multi_gpu_override_trains_with_two_gloo_processes(workdir, datalist):
         ("inference", {"image_size": 96}, "image_size 96 contradicts checkpoint"),
         ("inference", {"input_dir": "/nonexistent/images"}, "input folder not found: /nonexistent/images"),
         ("inference", {"ckpt_path": "/nonexistent/model.pt"}, "checkpoint not found: /nonexistent/model.pt"),
-        ("pretrain", {"model_selection": "final"}, "model_selection must be one of ['best', 'last'], got 'final'"),
+        ("pretrain", {"model_selection": "final"}, "model_selection must be one of ['best', 'last', 'ema'], got 'final'"),
         ("pretrain", {"augmentation": {"weights": {"shear": 1.0}}}, "augmentation weights must be over"),
         ("pretrain", {"resume": "maybe"}, "resume must be true or false, got 'maybe'"),
     ],
