@@ -20,7 +20,7 @@ from torch import nn
 
 from bundle.networks import save_checkpoint
 
-__all__ = ["WeightAverage"]
+__all__ = ["AverageUpdates", "WeightAverage"]
 
 logger = logging.getLogger(__name__)
 
@@ -72,3 +72,19 @@ class WeightAverage:
     def load_state_dict(self, state: dict) -> None:
         if self.ema is not None and state:
             self.ema.ema_model.load_state_dict(state)
+
+
+class AverageUpdates:
+    """The training handler of a :class:`WeightAverage` that a config defines once and references twice
+    (the handlers and the resumable training state): MONAI's workflow property checks read every
+    train handler as a ``_target_`` mapping, so the list holds this, not a reference.
+
+    Args:
+        average: the weight average to update and save.
+    """
+
+    def __init__(self, average: WeightAverage) -> None:
+        self.average = average
+
+    def attach(self, engine: Engine) -> None:
+        self.average.attach(engine)
