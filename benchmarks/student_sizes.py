@@ -3,7 +3,8 @@
 A student keeps the teacher's stage layout (configs/distill.yaml aligns their stages), so the
 candidates differ from the teacher in width, depths, heads, window, the convolutional skip path
 and input size; the four-stage list also times three layouts of 8-pixel tokens, the shape the
-0.4.0 teacher took (``--layout three-stage``: candidates for such a teacher). Each candidate is the teacher's constructor arguments with its overrides, random
+0.6.0 teacher took (``--layout three-stage``, the default for a three-stage teacher: candidates for
+such a teacher). Each candidate is the teacher's constructor arguments with its overrides, random
 weights (latency does not depend on them), timed in one process with the teacher: eager PyTorch
 and ONNX Runtime, calls interleaved round by round, the median of ``--rounds`` calls at batch 1
 on the candidate's own input size (``img_size``).
@@ -61,7 +62,7 @@ CANDIDATES: dict[str, dict] = {
     "w16 d1 cs8 patch 8, win2": {"embed_dim": 16, "encoder_depths": [1, 1, 1, 1], "decoder_depths": [1, 1, 1, 1],
                                  "num_heads": [2, 4, 8, 16], "conv_skips": 8, "patch_size": 8, "window_size": 2},
 }  # fmt: skip
-# students of a teacher with the 0.4.0 layout (8-pixel tokens, three stages, 96², conv skips 32)
+# students of a teacher with the 0.6.0 layout (8-pixel tokens, three stages, 96², conv skips 32)
 THREE_STAGE_CANDIDATES: dict[str, dict] = {
     "teacher": {},
     "w16 d1 cs8": {"embed_dim": 16, "encoder_depths": [1, 1, 1], "decoder_depths": [1, 1, 1],
@@ -143,11 +144,13 @@ def main(argv: Sequence[str] | None = None) -> dict:
     parser.add_argument("--teacher", type=Path, default=BUNDLE_ROOT / "models" / "pretrained.pt")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--rounds", type=int, default=30)
-    parser.add_argument("--layout", choices=sorted(LAYOUTS), default="four-stage",
-                        help="the teacher's: four stages of 4-pixel tokens (0.3.0) or three of 8-pixel ones (0.4.0)")
+    parser.add_argument("--layout", choices=sorted(LAYOUTS),
+                        help="candidates for a teacher of four stages (0.3.0) or three (0.6.0); default: the teacher's")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args(argv)
-    result = measure(args.teacher, args.threads, args.rounds, LAYOUTS[args.layout])
+    stages = len(read_checkpoint(args.teacher).description.arguments["encoder_depths"])
+    layout = args.layout or ("three-stage" if stages == 3 else "four-stage")
+    result = measure(args.teacher, args.threads, args.rounds, LAYOUTS[layout])
     title = f"students of {args.teacher}, batch 1, {args.threads} threads, median of {args.rounds}"
     return report(title, table(result), result, args.json)
 

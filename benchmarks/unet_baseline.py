@@ -117,10 +117,13 @@ def build_perceptguide(config_files: Sequence[str], registry: DatasetRegistry, i
 
 
 def build_network(args: argparse.Namespace, registry: DatasetRegistry) -> torch.nn.Module:
-    """The U-Net, or with ``--network perceptguide`` the bundle's network as ``SegmentationLogits``."""
+    """The U-Net, MONAI's SwinUNETR (``--network swinunetr``), or the bundle's network as ``SegmentationLogits``."""
     if args.network == "perceptguide":
         return build_perceptguide(args.network_configs, registry, args.image_size)
     if args.network == "swinunetr":
+        if args.image_size % 32 or args.feature_size % 12:
+            raise ValueError(f"SwinUNETR needs an input size that is a multiple of 32 and a feature size that is a "
+                             f"multiple of 12, got {args.image_size} and {args.feature_size}")  # fmt: skip
         return build_swinunetr(registry.num_seg_classes, args.feature_size)
     return build_unet(registry.num_seg_classes)
 
@@ -151,7 +154,7 @@ def preparer(network: torch.nn.Module) -> Callable[..., Prepared]:
 
 def save_weights(network: torch.nn.Module, path: Path, registry: DatasetRegistry, image_size: int) -> None:
     """The trained weights: the bundle's network as a self-describing checkpoint (evaluate.yaml,
-    the inference command and ``--init_ckpt`` read it), the U-Net as its state dict."""
+    the inference command and ``--init_ckpt`` read it), the U-Net or SwinUNETR as its state dict."""
     if isinstance(network, SegmentationLogits):
         save_checkpoint(path, network.network, describe(network.network, registry, image_size))
         return

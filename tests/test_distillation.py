@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
+from monai.bundle import ConfigParser
 
 from bundle.networks import load_model, read_checkpoint
 from bundle.networks.distillation import LEVEL_WEIGHTS, DistillationNetwork
@@ -140,6 +141,28 @@ def distill_script():
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+@pytest.mark.parametrize(
+    "teacher_layout, student_layout",
+    [
+        ({}, {"patch_size": 4, "window_size": 4, "encoder_depths": [1, 1, 1, 1], "num_heads": [2, 4, 8, 16]}),
+        ({"patch_size": 8, "window_size": 2, "encoder_depths": [2, 2, 2], "decoder_depths": [1, 1, 1], "num_heads": [3, 6, 12]},
+         {"patch_size": 8, "window_size": 2, "encoder_depths": [1, 1, 1], "num_heads": [2, 4, 8]}),
+    ],
+)  # fmt: skip
+def test_distill_config_builds_the_student_in_its_teachers_stage_layout(tmp_path, teacher_layout, student_layout):
+    """The 0.3.0 teacher's four stages of 4-pixel tokens and the 0.6.0 teacher's three of 8-pixel ones:
+    the student takes patch size, window and stage count from the checkpoint, so its stages distil."""
+    teacher = tiny_network(**{"window_size": 4, "img_size": 64, **teacher_layout})
+    path = write_checkpoint(tmp_path / "teacher.pt", teacher)
+    parser = ConfigParser()
+    parser.read_config([str(REPO_ROOT / "configs" / name) for name in ("pretrain.yaml", "cpu.yaml", "distill.yaml")])
+    parser.update({"bundle_root": str(REPO_ROOT), "teacher_ckpt": str(path)})
+    student = parser.get_parsed_content("network_def")
+    assert {key: student.arguments[key] for key in student_layout} == student_layout
+    assert student.arguments["embed_dim"] == 16 and student.arguments["conv_skips"] == 8
+    DistillationNetwork(student, load_model(path))  # raises if any distilled stage differs in map size
 
 
 def test_the_unlabelled_pool_leaves_out_every_image_that_is_also_labelled(tmp_path):

@@ -16,13 +16,14 @@ from monai.losses import DiceCELoss
 from bundle.data import load_registry
 from bundle.flags import as_flag
 from bundle.networks import describe
-from bundle.workflows.averaging import WeightAverage
+from bundle.workflows.averaging import AverageUpdates, WeightAverage
 from bundle.workflows.batch import PreparePromptBatch
 from bundle.workflows.inference import mask_postprocessing
 from bundle.workflows.inferers import PromptInferer
 from bundle.workflows.losses import TaskMaskedLoss
 from bundle.workflows.metrics import MultiTaskMetrics, SampleRecord, summarise
 from bundle.workflows.overlay import inner_outline, overlay, paletted_overlay
+from bundle.workflows.resume import ResumeFromLatest
 from bundle.workflows.schedules import decay_lr
 from bundle.workflows.selection import average_model_filename, best_model_filename, last_model_filename
 from bundle.workflows.sync import prompt_parameters
@@ -177,6 +178,25 @@ def test_weight_average_follows_the_exponential_moving_average_and_resumes(tmp_p
     assert off.network is None and off.state_dict() == {}
     with pytest.raises(ValueError, match=r"ema_momentum must be in \[0, 1\)"):
         WeightAverage(net, 1.5, tmp_path, "x.pt", None)
+
+
+def test_resume_from_a_state_without_the_weight_average_loads_the_rest_and_restarts_the_average(tmp_path, caplog):
+    """A training state written before the average existed resumes: the network loads, and the average
+    starts at the resumed weights, not at the network's weights from before the resume."""
+    resumed = {key: value + 1 for key, value in tiny_network().state_dict().items()}
+    torch.save({"model": resumed}, tmp_path / "checkpoint_2.pt")
+    net = tiny_network()
+    description = describe(net, load_registry(DEMO_DIR / "datasets.yaml"), 64)
+    average = WeightAverage(net, 0.5, tmp_path, "model_ema.pt", description)
+    engine = Engine(lambda engine, batch: None)
+    ResumeFromLatest(tmp_path, {"model": net, "weight_average": average}, enabled=True).attach(engine)
+    AverageUpdates(average).attach(engine)
+    with caplog.at_level("WARNING"):
+        engine.run([0], max_epochs=1)
+    assert "holds no ['trainer', 'weight_average']" in caplog.text
+    for name, value in net.state_dict().items():
+        torch.testing.assert_close(value, resumed[name])
+        torch.testing.assert_close(average.network.state_dict()[name], resumed[name])
 
 
 def test_model_selection_names_the_files_of_best_last_and_averaged_weights():

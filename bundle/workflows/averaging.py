@@ -11,14 +11,13 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any
-
 import ignite.distributed as idist
 from ignite.engine import Engine, Events
 from ignite.handlers import EMAHandler
 from torch import nn
 
 from bundle.networks import save_checkpoint
+from bundle.networks.model_file import ModelDescription
 
 __all__ = ["AverageUpdates", "WeightAverage"]
 
@@ -39,13 +38,16 @@ class WeightAverage:
         description: the network's ``ModelDescription``, stored with the weights.
     """
 
-    def __init__(self, network: nn.Module, momentum: float, save_dir: str | Path, filename: str, description: Any) -> None:
+    def __init__(
+        self, network: nn.Module, momentum: float, save_dir: str | Path, filename: str, description: ModelDescription | None
+    ) -> None:
         momentum = float(momentum)
         if not 0 <= momentum < 1:
             raise ValueError(f"ema_momentum must be in [0, 1) (0: no weight average), got {momentum}.")
         self.ema = EMAHandler(network, momentum=momentum) if momentum else None
         self.path = Path(save_dir) / filename
         self.description = description
+        self._resumed = False
 
     @property
     def network(self) -> nn.Module | None:
@@ -53,10 +55,12 @@ class WeightAverage:
         return None if self.ema is None else self.ema.ema_model
 
     def attach(self, engine: Engine) -> None:
+        """Update the average after every iteration of ``engine`` and save it when it completes."""
         if self.ema is None:
             return
-        # a resumed trainer already holds the momentum in its state
-        self.ema.attach(engine, name="ema_momentum", warn_if_exists=False)
+        # after the resume handler, which configs attach first: it loads at STARTED too
+        engine.add_event_handler(Events.STARTED, self._start)
+        self.ema.attach(engine, name="ema_momentum")
         engine.add_event_handler(Events.COMPLETED, self.save)
 
     def save(self, engine: Engine | None = None) -> None:
@@ -67,11 +71,20 @@ class WeightAverage:
         logger.info("weight average (momentum %g) saved to %s", self.ema.momentum, self.path)
 
     def state_dict(self) -> dict:
+        """The averaged weights (empty when switched off), for the resumable training state."""
         return {} if self.ema is None else self.ema.ema_model.state_dict()
 
     def load_state_dict(self, state: dict) -> None:
+        """Resume the average; an empty state (saved with the average off) leaves it to restart."""
         if self.ema is not None and state:
             self.ema.ema_model.load_state_dict(state)
+            self._resumed = True
+
+    def _start(self, engine: Engine) -> None:
+        """Start the average at the weights training starts from (an ``init_ckpt``, or resumed weights
+        whose state file held no average), unless the average itself was resumed."""
+        if not self._resumed:
+            self.ema.ema_model.load_state_dict(self.ema.model.state_dict())
 
 
 class AverageUpdates:
@@ -87,4 +100,5 @@ class AverageUpdates:
         self.average = average
 
     def attach(self, engine: Engine) -> None:
+        """Attach the average's updates and final save to ``engine``."""
         self.average.attach(engine)

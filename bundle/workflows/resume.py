@@ -12,6 +12,7 @@ import logging
 import re
 from pathlib import Path
 
+import torch
 from ignite.engine import Engine, Events
 from ignite.handlers import Checkpoint, DiskSaver, global_step_from_engine
 from monai.handlers import CheckpointLoader
@@ -77,4 +78,10 @@ class ResumeFromLatest:
             return
         logger.info("resuming from %s", path)
         objects = {**self.objects, "trainer": engine}
-        CheckpointLoader(load_path=str(path), load_dict=objects, map_location="cpu").attach(engine)
+        # a state written by an earlier version lacks the objects added since (the weight average)
+        stored = torch.load(path, map_location="cpu", weights_only=False).keys()
+        missing = sorted(set(objects) - set(stored))
+        if missing:
+            logger.warning("%s holds no %s: they start afresh", path, missing)
+        kept = {name: value for name, value in objects.items() if name in stored}
+        CheckpointLoader(load_path=str(path), load_dict=kept, map_location="cpu").attach(engine)
