@@ -78,8 +78,9 @@ class ResumeFromLatest:
             return
         logger.info("resuming from %s", path)
         objects = {**self.objects, "trainer": engine}
-        # a state written by an earlier version lacks the objects added since (the weight average)
-        stored = torch.load(path, map_location="cpu", weights_only=False).keys()
+        # a state written by an earlier version lacks the objects added since (the weight average);
+        # memory-mapped, the keys are read without the tensors, which CheckpointLoader reads at STARTED
+        stored = torch.load(path, map_location="cpu", weights_only=True, mmap=True).keys()
         missing = sorted(set(objects) - set(stored))
         if missing:
             logger.warning("%s holds no %s: they start afresh", path, missing)
