@@ -63,6 +63,17 @@ def test_the_onnxruntime_backend_infers_what_torch_does_and_caches_its_graph_by_
     assert "exporting" not in again and ", spinning" in again  # the default, auto: the cached graph
 
 
+def test_the_inference_command_averages_the_mirrored_view_when_asked(tmp_path, images):
+    """``--test_time_flip true`` reaches the inferer through the config: the class probabilities of the
+    same images change (the tiny network is not mirror-symmetric), on the ONNX Runtime backend too."""
+    checkpoint = write_checkpoint(tmp_path / "model.pt")
+    infer(images, tmp_path / "plain", checkpoint, "--backend", "onnxruntime")
+    infer(images, tmp_path / "flip", checkpoint, "--backend", "onnxruntime", "--test_time_flip", "true")
+    plain, flipped = rows(tmp_path / "plain"), rows(tmp_path / "flip")
+    assert [row["file"] for row in plain] == [row["file"] for row in flipped]
+    assert any(abs(float(a["p_class0"]) - float(b["p_class0"])) > 1e-5 for a, b in zip(plain, flipped))
+
+
 def test_int8_runs_on_onnxruntime_and_is_refused_on_torch(tmp_path, images):
     checkpoint = write_checkpoint(tmp_path / "model.pt")
     infer(images, tmp_path / "int8", checkpoint, "--backend", "onnxruntime", "--quantize", "int8")
