@@ -97,6 +97,15 @@ def test_the_app_lets_onnx_runtime_threads_spin_only_when_asked(inference):
         head_server(inference, runtime={"onnx_spinning": "maybe"})
 
 
+def test_the_app_averages_the_mirrored_view_only_when_asked(inference, tmp_path):
+    """The untrained network is not mirror-symmetric: the flip changes its class probabilities."""
+    plain = inference.predict(IMAGE, {}, tmp_path / "plain")
+    flipped = head_server(inference, runtime={"test_time_flip": "true"}).predict(IMAGE, {}, tmp_path / "flipped")
+    assert flipped.probabilities != pytest.approx(plain.probabilities, abs=1e-6)
+    with pytest.raises(ValueError, match="test_time_flip must be true or false"):
+        head_server(inference, runtime={"test_time_flip": "sometimes"})
+
+
 def test_request_prompts_override_the_defaults_and_change_the_output(inference, tmp_path):
     head = inference.predict(IMAGE, {}, tmp_path / "a")
     breast = inference.predict(IMAGE, {"organ": "breast", "object_type": "tumor"}, tmp_path / "b")

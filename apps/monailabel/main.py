@@ -13,8 +13,9 @@ options, given as ``--conf KEY VALUE`` (all optional):
 - ``keep_largest_component``, ``fill_holes``: ``true`` / ``false``, the clean-up of served masks
   (default: that of ``configs/inference.yaml``, both on).
 - ``backend`` (``auto`` / ``torch`` / ``onnxruntime``), ``quantize`` (``none`` / ``int8``, onnxruntime only),
-  ``num_threads``, ``onnx_spinning`` (``true`` / ``false``): how the served network runs (default:
-  that of ``configs/inference.yaml``).
+  ``num_threads``, ``onnx_spinning`` (``true`` / ``false``), ``test_time_flip`` (``true`` / ``false``: the
+  mirrored image too, the two views averaged): how the served network runs (default: that of
+  ``configs/inference.yaml``).
 """
 
 from __future__ import annotations

@@ -44,18 +44,18 @@ PROMPT_NAMES: tuple[str, ...] = ("organ", "object_type", "mode")
 # inference.yaml's switches of the mask clean-up, which an app may set (true / false)
 POSTPROCESSING_KEYS: tuple[str, ...] = ("keep_largest_component", "fill_holes")
 # inference.yaml's runtime choices, which an app may set (bundle.workflows.runtimes)
-RUNTIME_KEYS: tuple[str, ...] = ("backend", "quantize", "num_threads", "onnx_spinning")
+RUNTIME_KEYS: tuple[str, ...] = ("backend", "quantize", "num_threads", "onnx_spinning", "test_time_flip")
 
 
 def runtime_value(key: str, value: Any) -> Any:
     """A runtime option given as text (``--conf num_threads 2``) as the config holds it.
 
     Raises:
-        ValueError: ``onnx_spinning`` that is not an on/off switch (``bundle.flags.as_flag``).
+        ValueError: ``onnx_spinning`` or ``test_time_flip`` that is not an on/off switch (``bundle.flags.as_flag``).
     """
     if key == "num_threads":
         return int(value)
-    if key == "onnx_spinning":
+    if key in ("onnx_spinning", "test_time_flip"):
         return as_flag(value, key)
     return value
 
@@ -112,8 +112,8 @@ class BundleInference:
         device: e.g. ``"cpu"`` or ``"cuda:0"``; None keeps the config's choice.
         defaults: prompt names used when a request gives none (request name -> prompt name);
             names not given here come from the config's ``organ`` / ``object_type`` / ``mode``.
-        runtime: inference.yaml's ``backend``, ``quantize``, ``num_threads`` and ``onnx_spinning``
-            (``RUNTIME_KEYS``), e.g. ``{"backend": "onnxruntime"}``.
+        runtime: inference.yaml's ``backend``, ``quantize``, ``num_threads``, ``onnx_spinning`` and
+            ``test_time_flip`` (``RUNTIME_KEYS``), e.g. ``{"backend": "onnxruntime"}``.
         postprocessing: values of the config's mask clean-up switches (``POSTPROCESSING_KEYS``,
             ``"true"`` / ``"false"``); those not given keep the config's.
 
