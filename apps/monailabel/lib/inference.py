@@ -43,7 +43,7 @@ logger = logging.getLogger(__name__)
 PROMPT_NAMES: tuple[str, ...] = ("organ", "object_type", "mode")
 # inference.yaml's switches of the mask clean-up, which an app may set (true / false)
 POSTPROCESSING_KEYS: tuple[str, ...] = ("keep_largest_component", "fill_holes")
-# inference.yaml's runtime choices, which an app may set (bundle.workflows.runtimes)
+# inference.yaml's runtime choices (bundle.workflows.runtimes) and test-time flip (its inferer), which an app may set
 RUNTIME_KEYS: tuple[str, ...] = ("backend", "quantize", "num_threads", "onnx_spinning", "test_time_flip")
 
 
