@@ -193,9 +193,11 @@ def unet_train_transforms(
     return Compose([RandPromptModed(whole_only) if isinstance(t, RandPromptModed) else t for t in chain.transforms])
 
 
-def evaluate(network: torch.nn.Module, loader: DataLoader, seg_classes: int) -> dict[str, dict[str, float]]:
-    """Per-dataset mean Dice / HD95 per image (the bundle's ``summarise``) of ``network`` on ``loader``."""
+def evaluate(network: torch.nn.Module, loader: DataLoader, seg_classes: int) -> dict[str, dict]:
+    """Per-dataset mean Dice / HD95 per image (the bundle's ``summarise``) of ``network`` on ``loader``,
+    each dataset's entry with ``per_image``: image file stem -> Dice (as ``inference_dice`` writes it)."""
     records = []
+    per_image: dict[str, dict[str, float]] = {}
     network.eval()
     prepare = preparer(network)
     with torch.inference_mode():
@@ -204,10 +206,12 @@ def evaluate(network: torch.nn.Module, loader: DataLoader, seg_classes: int) -> 
             pred = network(image, *args).argmax(1)  # (B, H, W)
             labels = label[:, 0]
             dice, hd95 = segmentation_scores(pred, labels, seg_classes)
-            for dataset, image_dice, image_hd95 in zip(batch["dataset"], dice, hd95):
+            files = batch["image"].meta["filename_or_obj"]
+            for dataset, file, image_dice, image_hd95 in zip(batch["dataset"], files, dice, hd95):
                 records.append(SampleRecord(dataset, SEGMENTATION, dice=image_dice, hd95=image_hd95))
+                per_image.setdefault(dataset, {})[Path(file).stem] = round(float(image_dice), 4)
     table, _ = summarise(records)
-    return table
+    return {dataset: {**figures, "per_image": per_image.get(dataset, {})} for dataset, figures in table.items()}
 
 
 CLOCKS = {"wall": time.monotonic, "process": time.process_time}

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -127,6 +128,13 @@ def test_the_bundle_network_trains_by_this_recipe_scores_every_split_and_saves_a
     assert {d: f["seg_n"] for d, f in result["trained_other_splits"]["train"].items()} == {
         "BUSI": 2, "Fetal_HC": 2, "TG3K": 2,
     }
+    test_stems = {
+        d: {Path(s["image"]).stem for s in json.loads(datalist.read_text())["test"] if (s["dataset"], s["task"]) == (d, "segmentation")}
+        for d in result["trained"]
+    }
+    for dataset, figures in result["trained"].items():  # per image, named by file stem, averaging to the figure
+        assert set(figures["per_image"]) == test_stems[dataset]
+        assert figures["dice"] == pytest.approx(sum(figures["per_image"].values()) / figures["seg_n"], abs=1e-4)
     model = load_model(saved)  # what evaluate.yaml and the inference command read
     assert model.img_size == 64 and read_checkpoint(saved).description.image_size == 64
     unet_baseline.main([*common, "--steps", "1", "--init", str(saved), "--json", str(second)])
