@@ -195,7 +195,8 @@ def unet_train_transforms(
 
 def evaluate(network: torch.nn.Module, loader: DataLoader, seg_classes: int) -> dict[str, dict]:
     """Per-dataset mean Dice / HD95 per image (the bundle's ``summarise``) of ``network`` on ``loader``,
-    each dataset's entry with ``per_image``: image file stem -> Dice (as ``inference_dice`` writes it)."""
+    each dataset's entry with ``per_image``: image file stem -> Dice of the ``seg_n`` images scored (as
+    ``inference_dice`` writes it)."""
     records = []
     per_image: dict[str, dict[str, float]] = {}
     network.eval()
@@ -209,7 +210,8 @@ def evaluate(network: torch.nn.Module, loader: DataLoader, seg_classes: int) -> 
             files = batch["image"].meta["filename_or_obj"]
             for dataset, file, image_dice, image_hd95 in zip(batch["dataset"], files, dice, hd95):
                 records.append(SampleRecord(dataset, SEGMENTATION, dice=image_dice, hd95=image_hd95))
-                per_image.setdefault(dataset, {})[Path(file).stem] = round(float(image_dice), 4)
+                if not math.isnan(image_dice):  # an empty ground truth has no Dice (``summarise`` leaves it out)
+                    per_image.setdefault(dataset, {})[Path(file).stem] = round(float(image_dice), 4)
     table, _ = summarise(records)
     return {dataset: {**figures, "per_image": per_image.get(dataset, {})} for dataset, figures in table.items()}
 

@@ -7,9 +7,11 @@ import math
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from ignite.engine import Engine
+from PIL import Image
 
 from benchmarks import DEMO_DATA, unet_baseline
 from bundle.networks import load_model, read_checkpoint
@@ -43,6 +45,20 @@ def test_fewer_images_than_a_batch_train_and_saved_weights_start_the_next_run(tm
     assert trained["iterations"] >= 1  # 6 images, a batch of 16: an epoch still draws one batch
     unet_baseline.main([*common, "--minutes", "0.01", "--init", str(tmp_path / "unet.pt"), "--json", str(second)])
     assert json.loads(second.read_text())["untrained"] == trained["trained"]  # it starts where the first ended
+
+
+def test_per_image_dice_leaves_out_an_image_whose_ground_truth_is_empty_as_the_mean_does(tmp_path) -> None:
+    datalist = write_small_datalist(tmp_path / "datalist.json", {"training": 2, "test": 2})
+    lists = json.loads(datalist.read_text())
+    lists["test"] = [s for s in lists["test"] if (s["dataset"], s["task"]) == ("BUSI", "segmentation")]
+    empty = tmp_path / "empty_mask.png"
+    Image.fromarray(np.zeros_like(np.asarray(Image.open(lists["test"][1]["label"])))).save(empty)
+    lists["test"][1]["label"] = str(empty)
+    datalist.write_text(json.dumps(lists))
+    out = tmp_path / "result.json"
+    unet_baseline.main(["--datalist", str(datalist), "--steps", "1", "--image_size", "32", "--threads", "1", "--json", str(out)])
+    busi = json.loads(out.read_text(), parse_constant=lambda name: pytest.fail(f"{name} in the JSON"))["trained"]["BUSI"]
+    assert busi["seg_n"] == 1 and list(busi["per_image"]) == [Path(lists["test"][0]["image"]).stem]
 
 
 @pytest.mark.parametrize("input_mode, modes", [("whole", {"whole"}), ("official", {"whole", "local"})])
