@@ -121,3 +121,12 @@ def test_shipped_weights_are_listed_with_their_sha256_and_describe_their_network
     assert checkpoint.described and checkpoint.description.vocabulary["position"][:3] == ["ovary", "breast", "thyroid"]
     assert weights.stat().st_size < 50 * 2**20
     checkpoint.build()  # the weights fit the network they describe
+
+
+@pytest.mark.parametrize("weights", ["pretrained.pt", "student.pt"])
+def test_metadata_input_size_is_the_shipped_weights_input_size(weights):
+    # a bundle user reads the network's input size from metadata.json; the shipped weights decide it
+    image_size = read_checkpoint(REPO_ROOT / "models" / weights).description.image_size
+    formats = _metadata()["network_data_format"]
+    assert formats["inputs"]["image"]["spatial_shape"] == [image_size, image_size]
+    assert formats["outputs"]["pred"]["spatial_shape"] == [image_size, image_size]
