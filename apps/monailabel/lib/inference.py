@@ -45,17 +45,19 @@ PROMPT_NAMES: tuple[str, ...] = ("organ", "object_type", "mode")
 POSTPROCESSING_KEYS: tuple[str, ...] = ("keep_largest_component", "fill_holes")
 # inference.yaml's runtime choices (bundle.workflows.runtimes) and test-time flip (its inferer), which an app may set
 RUNTIME_KEYS: tuple[str, ...] = ("backend", "quantize", "num_threads", "onnx_spinning", "test_time_flip")
+# the on/off ones among them, read by bundle.flags.as_flag
+RUNTIME_SWITCHES: tuple[str, ...] = ("onnx_spinning", "test_time_flip")
 
 
 def runtime_value(key: str, value: Any) -> Any:
     """A runtime option given as text (``--conf num_threads 2``) as the config holds it.
 
     Raises:
-        ValueError: ``onnx_spinning`` or ``test_time_flip`` that is not an on/off switch (``bundle.flags.as_flag``).
+        ValueError: a ``RUNTIME_SWITCHES`` key whose value is not an on/off switch (``bundle.flags.as_flag``).
     """
     if key == "num_threads":
         return int(value)
-    if key in ("onnx_spinning", "test_time_flip"):
+    if key in RUNTIME_SWITCHES:
         return as_flag(value, key)
     return value
 
