@@ -122,8 +122,8 @@ def test_cpu_setting_trains_with_its_augmentation():
 
 
 def test_shipped_recipe_letterboxes_half_its_samples_and_trains_through_monai_bundle_run(workdir, datalist):
-    """configs/shipped.yaml over cpu.yaml: 96², 8-pixel tokens in three Swin stages, conv skips 32, the
-    letterbox drawn for half the samples; one tiny epoch of the three files runs as ``make train-demo``
+    """configs/shipped.yaml over cpu.yaml: 96², 8-pixel tokens in three Swin stages, conv skips 32, 220
+    epochs, the letterbox drawn for half the samples; one tiny epoch of the three files runs as ``make train-demo``
     runs them, the tiny network keeping the shipped layout (three stages, window 2 at 64²: unpadded)."""
     files = ["pretrain.yaml", "cpu.yaml", "shipped.yaml"]
     chain = parsed(files, "train#preprocessing")
@@ -131,6 +131,7 @@ def test_shipped_recipe_letterboxes_half_its_samples_and_trains_through_monai_bu
     assert (letterbox.prob, letterbox.spatial_size) == (0.5, 96)
     network = parsed(files, "network_def")
     assert [network.arguments[key] for key in ("patch_size", "window_size", "encoder_depths")] == [8, 3, [2, 2, 2]]
+    assert parsed(files, "epochs") == 220  # twice cpu.yaml's, as the model card's run
     ckpt_dir = workdir / "shipped_models"
     overrides = {"datalist": datalist, "ckpt_dir": ckpt_dir, "output_dir": workdir / "shipped_runs", "epochs": 1,
                  "network_def#encoder_depths": "[1,1,1]", "network_def#decoder_depths": "[1,1,1]"}  # fmt: skip
