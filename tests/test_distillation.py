@@ -153,7 +153,8 @@ def distill_script():
 )  # fmt: skip
 def test_distill_config_builds_the_student_in_its_teachers_stage_layout(tmp_path, teacher_layout, student_layout):
     """The 0.3.0 teacher's four stages of 4-pixel tokens and the 0.6.0 teacher's three of 8-pixel ones:
-    the student takes patch size, window and stage count from the checkpoint, so its stages distil."""
+    the student takes patch size, window and stage count from the checkpoint, so its stages distil;
+    the recipe trains it 200 epochs, as the shipped student was."""
     teacher = tiny_network(**{"window_size": 4, "img_size": 64, **teacher_layout})
     path = write_checkpoint(tmp_path / "teacher.pt", teacher)
     parser = ConfigParser()
@@ -162,6 +163,7 @@ def test_distill_config_builds_the_student_in_its_teachers_stage_layout(tmp_path
     student = parser.get_parsed_content("network_def")
     assert {key: student.arguments[key] for key in student_layout} == student_layout
     assert student.arguments["embed_dim"] == 16 and student.arguments["conv_skips"] == 8
+    assert parser.get_parsed_content("epochs") == 200  # the shipped student's run (docs/README.md)
     DistillationNetwork(student, load_model(path))  # raises if any distilled stage differs in map size
 
 
