@@ -16,6 +16,7 @@ from bundle.prompts import DEFAULT_VOCABULARY, PROMPT_KEYS
 from bundle.workflows.sync import trainable_parameters
 from tests.bundle_runner import bare_inference, run_bundle
 from tests.conftest import REPO_ROOT, TINY_SIZE, tiny_network, write_checkpoint
+from tests.test_workflows import parsed
 
 NERVE_DATASET = "- {name: NERVE, task: segmentation, organ: nerve, object_type: organ, classes: {background: 0, nerve: 255}}\n"
 
@@ -148,6 +149,8 @@ def test_rehearsal_draws_old_samples_at_their_share():
     assert labelled_weights(samples[:30], 0.25) == dataset_weights(samples[:30])
     with pytest.raises(ValueError, match="0 < rehearsal_share < 1"):
         labelled_weights(samples, 0.0)
+    # the adaptation configs (and so make demo) replay at half, the share measured best (docs/README.md)
+    assert parsed(["pretrain.yaml", "finetune.yaml"], "rehearsal_share") == 0.5
 
 
 def test_rehearsal_registry_must_not_clash_with_the_new_one(tmp_path):
