@@ -55,7 +55,7 @@ def profile(ckpt_path: Path, threads: int, calls: int, depth: int) -> dict:
     feeds = {"image": image.numpy()} | {key: prompts[key].numpy() for key in PROMPT_KEYS}
     onnxruntime = optional_import("onnxruntime")[0]
     with tempfile.TemporaryDirectory() as folder:
-        options = onnx_session_options(threads)  # as the bundle's sessions
+        options = onnx_session_options(threads, batch=1)  # as the bundle's sessions
         options.enable_profiling = True
         options.profile_file_prefix = str(Path(folder) / "ort")
         session = onnxruntime.InferenceSession(str(onnx_model_path(ckpt_path, size)), options, providers=["CPUExecutionProvider"])

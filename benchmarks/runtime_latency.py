@@ -1,13 +1,21 @@
 """Latency of checkpoints' networks per backend: eager PyTorch (fp32, and bf16 autocast on a CPU with native bf16), ONNX Runtime, ONNX Runtime int8.
 
-One process, one thread count, every (checkpoint, backend) pair's calls interleaved round by round
-(so a slower or busier stretch of the machine hits all alike); the median of ``--rounds`` calls per
-pair and batch size, at each checkpoint's input size, on random images with one prompt. The ONNX
-Runtime graph's batch axis is dynamic (``bundle.workflows.runtimes``): a batch is one call.
+One process, one thread count; runtime by runtime (eager PyTorch, then ONNX Runtime), the calls of
+every (checkpoint, backend) pair of that runtime interleaved round by round (so a slower or busier
+stretch of the machine hits a teacher and its student alike; runtimes are not mixed within a round,
+since PyTorch's OpenMP threads spin for a while after an eager call and slowed the ONNX Runtime
+call after it); the median of ``--rounds``
+calls per pair and batch size, at each checkpoint's input size, on random images with one prompt.
+The ONNX Runtime graph's batch axis is dynamic and a batch is one call, in a session with that axis
+fixed at the batch's size (``bundle.workflows.runtimes``).
 Ratios are against eager PyTorch of the same checkpoint, and against the first checkpoint on the
 same backend (e.g. a teacher and its student), all of the same run. ``torch-bf16`` is eager PyTorch
 under the bf16 autocast that ``configs/inference.yaml`` applies (``PromptInferer``); it is measured
 only where the CPU has native bf16, as the bundle uses it only there.
+
+``--dynamic_batch`` adds a row per checkpoint: its ONNX Runtime graph in a single session whose batch
+axis stays dynamic (the bundle's sessions fix it per batch size, ``FixedBatchSessions``), to measure
+what fixing it buys.
 
 ``--references`` adds networks to compare with, at the first checkpoint's input size, random
 weights (latency does not depend on them), eager PyTorch and ONNX Runtime (exported as the
@@ -22,7 +30,7 @@ Usage::
 
     python -m benchmarks.runtime_latency [--ckpt_path models/pretrained.pt [models/student.pt ...]] \\
         [--threads 2] [--batches 1 8] [--rounds 30] [--references official SwinUNETR-24] \\
-        [--official_repo ../PerceptGuide] [--json out.json]
+        [--official_repo ../PerceptGuide] [--dynamic_batch] [--json out.json]
 """
 
 from __future__ import annotations
@@ -43,7 +51,7 @@ from benchmarks.benchmark import machine, report, swin_unetr
 from bundle.networks import BundleCheckpoint, PerceptGuide, read_checkpoint
 from bundle.prompts import PROMPT_KEYS, PromptVocabulary
 from bundle.workflows.inferers import PromptInferer, cpu_supports_bf16
-from bundle.workflows.runtimes import onnx_session_options, runtime_network
+from bundle.workflows.runtimes import FixedBatchSessions, onnx_model_path, onnx_session_options, runtime_network
 
 # row name -> (runtime_network's backend, its quantize, run under bf16 autocast)
 BACKENDS = {
@@ -52,6 +60,7 @@ BACKENDS = {
     "onnxruntime": ("onnxruntime", "none", False),
     "onnxruntime-int8": ("onnxruntime", "int8", False),
 }
+DYNAMIC = "onnxruntime-dynamic"  # --dynamic_batch: the bundle's graph in one session, its batch axis left dynamic
 REFERENCES = ("official", "SwinUNETR-24")
 
 
@@ -99,8 +108,7 @@ def reference_runners(
     example = (image, *(prompts[key] for key in PROMPT_KEYS)) if prompted else (image,)
     names = ["image", *PROMPT_KEYS] if prompted else ["image"]
     runners = {"torch": lambda image, prompts: wrapped(image, *(prompts[key] for key in PROMPT_KEYS))}
-    onnxruntime, found = optional_import("onnxruntime")
-    if not found:
+    if not optional_import("onnxruntime")[1]:
         return runners
     path = folder / f"{name}.onnx"
     with torch.no_grad():
@@ -110,17 +118,28 @@ def reference_runners(
             wrapped, example, str(path), dynamo=False, input_names=names, output_names=output_names,
             dynamic_axes={axis_name: {0: "batch"} for axis_name in names + output_names},
         )  # fmt: skip
-    # as the bundle's sessions: spinning threads would slow the next runner's call
-    session = onnxruntime.InferenceSession(str(path), onnx_session_options(threads), providers=["CPUExecutionProvider"])
+    # as the bundle's sessions: a batch axis fixed per batch size, threads not spinning (they would slow the next runner's call)
+    sessions = FixedBatchSessions(path, threads)
 
     def run_session(image: torch.Tensor, prompts: Mapping[str, torch.Tensor]) -> None:
         feeds = {"image": image.numpy()}
         if prompted:
             feeds |= {key: prompts[key].numpy() for key in PROMPT_KEYS}
-        session.run(None, feeds)
+        sessions(len(image)).run(None, feeds)
 
     runners["onnxruntime"] = run_session
     return runners
+
+
+def dynamic_batch_runner(ckpt_path: Path, image_size: int, threads: int) -> Callable[[torch.Tensor, Mapping[str, torch.Tensor]], object]:
+    """``(image, prompts)`` -> the checkpoint's cached graph run in one session whose batch axis is left dynamic."""
+    onnxruntime = optional_import("onnxruntime")[0]
+    session = onnxruntime.InferenceSession(str(onnx_model_path(ckpt_path, image_size)), onnx_session_options(threads), providers=["CPUExecutionProvider"])
+
+    def run(image: torch.Tensor, prompts: Mapping[str, torch.Tensor]) -> None:
+        session.run(None, {"image": image.numpy()} | {key: prompts[key].numpy() for key in PROMPT_KEYS})
+
+    return run
 
 
 def prompts_for(vocabulary: PromptVocabulary, batch: int) -> dict[str, torch.Tensor]:
@@ -148,6 +167,7 @@ def measure(
     rounds: int,
     references: Sequence[str] = (),
     official_repo: str | None = None,
+    dynamic_batch: bool = False,
 ) -> dict:
     """``"<checkpoint stem or reference> <backend>"`` -> batch -> median milliseconds per call, and the ratios."""
     if len({path.stem for path in ckpt_paths} | set(references)) < len(ckpt_paths) + len(references):
@@ -167,6 +187,8 @@ def measure(
                 continue
             runner = runtime_network(network, backend, path, size, threads, quantize)
             runners[f"{path.stem} {name}"] = (path.stem, in_bf16(runner) if bf16 else runner)
+        if dynamic_batch:
+            runners[f"{path.stem} {DYNAMIC}"] = (path.stem, dynamic_batch_runner(path, size, threads))
     first = ckpt_paths[0].stem
     with tempfile.TemporaryDirectory() as folder:
         for reference, (network, prompted) in reference_networks(references, read_checkpoint(ckpt_paths[0]), official_repo).items():
@@ -192,22 +214,30 @@ def interleaved_medians(
     batches: Sequence[int],
     rounds: int,
 ) -> dict[str, dict[int, float]]:
-    """name -> batch -> median milliseconds of ``rounds`` calls, every runner called once per round."""
+    """name -> batch -> median milliseconds of ``rounds`` calls; runners named ``"<stem> <backend>"``
+    are timed runtime by runtime (the backend's name up to its first ``-``), each runner of a
+    runtime called once per round."""
     medians: dict[str, dict[int, float]] = {name: {} for name in runners}
+    by_runtime: dict[str, list[str]] = {}
+    for name, (stem, _) in runners.items():
+        by_runtime.setdefault(name[len(stem) + 1 :].split("-")[0], []).append(name)
     with torch.inference_mode():
         for batch in batches:
             inputs = {
                 stem: (torch.rand(batch, 3, size, size, generator=torch.Generator().manual_seed(0)), prompts_for(vocabularies[stem], batch))
                 for stem, size in images.items()
             }
-            for stem, runner in runners.values():  # warm-up: first calls allocate and pick kernels
-                runner(*inputs[stem])
-            samples: dict[str, list[float]] = {name: [] for name in runners}
-            for _ in range(rounds):
-                for name, (stem, runner) in runners.items():
-                    samples[name].append(time_call(lambda: runner(*inputs[stem])))
-            for name in runners:
-                medians[name][batch] = 1000 * statistics.median(samples[name])
+            for names in by_runtime.values():
+                for name in names:  # warm-up: first calls allocate and pick kernels
+                    stem, runner = runners[name]
+                    runner(*inputs[stem])
+                samples: dict[str, list[float]] = {name: [] for name in names}
+                for _ in range(rounds):
+                    for name in names:
+                        stem, runner = runners[name]
+                        samples[name].append(time_call(lambda: runner(*inputs[stem])))
+                for name in names:
+                    medians[name][batch] = 1000 * statistics.median(samples[name])
     return medians
 
 
@@ -229,9 +259,10 @@ def main(argv: Sequence[str] | None = None) -> dict:
     parser.add_argument("--rounds", type=int, default=30)
     parser.add_argument("--references", nargs="*", default=[], choices=REFERENCES)
     parser.add_argument("--official_repo", help="checkout or git directory of the official code (reference 'official')")
+    parser.add_argument("--dynamic_batch", action="store_true", help="add each checkpoint's graph in a session with a dynamic batch axis")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args(argv)
-    result = measure(args.ckpt_path, args.threads, args.batches, args.rounds, args.references, args.official_repo)
+    result = measure(args.ckpt_path, args.threads, args.batches, args.rounds, args.references, args.official_repo, args.dynamic_batch)
     title = f"{', '.join(map(str, args.ckpt_path))}: {args.threads} threads, median of {args.rounds} interleaved calls"
     return report(title, table(result), result, args.json)
 

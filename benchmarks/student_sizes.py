@@ -67,6 +67,8 @@ THREE_STAGE_CANDIDATES: dict[str, dict] = {
     "teacher": {},
     "w16 d1 cs8": {"embed_dim": 16, "encoder_depths": [1, 1, 1], "decoder_depths": [1, 1, 1],
                    "num_heads": [2, 4, 8], "conv_skips": 8},
+    "w16 d1 cs6": {"embed_dim": 16, "encoder_depths": [1, 1, 1], "decoder_depths": [1, 1, 1],
+                   "num_heads": [2, 4, 8], "conv_skips": 6},
     "w16 d1 cs4": {"embed_dim": 16, "encoder_depths": [1, 1, 1], "decoder_depths": [1, 1, 1],
                    "num_heads": [2, 4, 8], "conv_skips": 4},
     "w16 d1 cs16": {"embed_dim": 16, "encoder_depths": [1, 1, 1], "decoder_depths": [1, 1, 1],

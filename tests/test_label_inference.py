@@ -91,7 +91,7 @@ def test_the_app_lets_onnx_runtime_threads_spin_only_when_asked(inference):
     pytest.importorskip("onnxruntime")
     for text, entry in (("true", "1"), ("False", "0")):
         served = head_server(inference, runtime={"backend": "onnxruntime", "num_threads": "1", "onnx_spinning": text})
-        options = served._current().network.session.get_session_options()
+        options = served._current().network.sessions(1).get_session_options()
         assert options.get_session_config_entry("session.intra_op.allow_spinning") == entry
     with pytest.raises(ValueError, match="onnx_spinning must be true or false"):
         head_server(inference, runtime={"onnx_spinning": "maybe"})

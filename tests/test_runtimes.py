@@ -14,7 +14,7 @@ from PIL import Image
 from bundle.hashing import file_digest
 from bundle.networks import read_checkpoint
 from bundle.prompts import DEFAULT_VOCABULARY
-from bundle.workflows.runtimes import OnnxRuntimeNetwork, onnx_model_path, runtime_network
+from bundle.workflows.runtimes import FixedBatchSessions, OnnxRuntimeNetwork, onnx_model_path, onnx_session_options, runtime_network
 from tests.bundle_runner import DEMO_DIR, REPO_ROOT, bundle_command, subprocess_env
 from tests.conftest import TINY_SIZE, tiny_network, write_checkpoint
 
@@ -90,7 +90,7 @@ def test_the_onnx_graph_takes_the_prompts_so_one_file_serves_every_organ_and_any
     network = read_checkpoint(checkpoint).build()
     runner = runtime_network(network, "onnxruntime", checkpoint, TINY_SIZE, threads=1)
     assert isinstance(runner, OnnxRuntimeNetwork) and runner.path == onnx_model_path(checkpoint, TINY_SIZE)
-    assert runner.session.get_inputs()[0].shape[0] == "batch" and not runner.per_image  # a batch is one call
+    assert not runner.per_image  # a batch is one call, in a session whose batch axis is fixed at its size
     image = torch.rand(3, 3, TINY_SIZE, TINY_SIZE)
     names = [("breast", "tumor"), ("thyroid", "organ"), ("head", "organ")]
     encoded = [DEFAULT_VOCABULARY.encode({"position": o, "task": "segmentation", "mode": "whole", "type": t}) for o, t in names]
@@ -98,6 +98,30 @@ def test_the_onnx_graph_takes_the_prompts_so_one_file_serves_every_organ_and_any
     with torch.no_grad():
         for expected, got in zip(network(image, prompts), runner(image, prompts)):
             assert expected.shape == got.shape and (expected - got).abs().max() < 1e-4
+    assert runner.sessions(3).get_inputs()[0].shape == [3, 3, TINY_SIZE, TINY_SIZE]
+
+
+def test_fixed_batch_sessions_fold_the_shapes_and_keep_the_last_batch_sizes_used(tmp_path):
+    """A session per batch size with the graph's batch axis fixed: ONNX Runtime then folds the reshapes'
+    shape arithmetic, and the outputs are those of the dynamic graph; the oldest session goes first."""
+    import onnxruntime
+
+    checkpoint = write_checkpoint(tmp_path / "model.pt")
+    path = runtime_network(read_checkpoint(checkpoint).build(), "onnxruntime", checkpoint, TINY_SIZE, threads=1).path
+    dynamic = onnxruntime.InferenceSession(str(path), onnx_session_options(1), providers=["CPUExecutionProvider"])
+    assert dynamic.get_inputs()[0].shape[0] == "batch"
+    sessions = FixedBatchSessions(path, threads=1, keep=2)
+    feeds = {"image": np.random.default_rng(0).random((2, 3, TINY_SIZE, TINY_SIZE), dtype=np.float32)}
+    for key, size in read_checkpoint(checkpoint).build().prompt_sizes.items():
+        feeds[key] = np.eye(size, dtype=np.float32)[[0, 1]]
+    for expected, got in zip(dynamic.run(None, feeds), sessions(2).run(None, feeds)):
+        assert np.array_equal(expected, got)
+    with pytest.raises(Exception, match="index: 0 Got: 2 Expected: 1"):
+        sessions(1).run(None, feeds)
+    first = sessions(1)
+    assert sessions(1) is first
+    sessions(4), sessions(8)
+    assert sessions(1) is not first  # made again: batch sizes 2 and 1 left as 4 and 8 came
 
 
 def test_auto_takes_onnxruntime_and_falls_back_to_torch_saying_why(tmp_path, monkeypatch, caplog):
@@ -136,4 +160,4 @@ def test_onnx_runtime_threads_spin_only_when_asked(tmp_path):
     # the config hands over the text of --onnx_spinning false / true
     for spinning, entry in ((False, "0"), (True, "1"), ("false", "0"), ("true", "1")):
         runner = runtime_network(network, "onnxruntime", checkpoint, TINY_SIZE, threads=1, spinning=spinning)
-        assert runner.session.get_session_options().get_session_config_entry("session.intra_op.allow_spinning") == entry
+        assert runner.sessions(1).get_session_options().get_session_config_entry("session.intra_op.allow_spinning") == entry

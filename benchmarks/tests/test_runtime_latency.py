@@ -66,3 +66,12 @@ def test_an_official_reference_without_the_official_code_is_a_clear_error(tmp_pa
     teacher = write_checkpoint(tmp_path / "teacher.pt")
     with pytest.raises(ValueError, match="--official_repo"):
         runtime_latency.main(["--ckpt_path", str(teacher), "--rounds", "1", "--batches", "1", "--references", "official"])
+
+
+def test_the_dynamic_batch_row_times_the_same_graph_in_one_session_with_its_batch_axis_left_dynamic(tmp_path):
+    teacher = write_checkpoint(tmp_path / "teacher.pt")
+    result = runtime_latency.main(
+        ["--ckpt_path", str(teacher), "--threads", "1", "--rounds", "1", "--batches", "1", "3", "--dynamic_batch"]
+    )
+    assert set(result["ms"]["teacher onnxruntime-dynamic"]) == {1, 3}
+    assert result["speed_up_vs_torch"]["teacher onnxruntime-dynamic"][3] > 0

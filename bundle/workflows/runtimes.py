@@ -5,8 +5,9 @@ input size (the four prompts are inputs of the graph, so one file serves every o
 file beside the checkpoint under the checkpoint's sha256, and runs it with ONNX Runtime's CPU
 provider at the config's thread count. ``quantize: int8`` runs ONNX Runtime's dynamic int8
 quantization of the exported graph's matrix products instead. The graph's batch axis is dynamic:
-an fp32 batch is one call (1.3-1.4x faster at batch 8 than a call per image, threads not spinning);
-an int8 batch stays a call per image, since dynamic quantization scales each call's activations
+an fp32 batch is one call (1.3-1.4x faster at batch 8 than a call per image, threads not spinning),
+in a session that fixes the batch axis at that batch's size, so that ONNX Runtime folds the
+graph's shape arithmetic into constants (:class:`FixedBatchSessions`); an int8 batch stays a call per image, since dynamic quantization scales each call's activations
 as a whole and an image's mask would depend on its neighbours. ``backend: auto`` (the default)
 takes ONNX Runtime on a CPU where it is installed and the network exports, else eager PyTorch (a
 fallback says why in the log): ONNX Runtime's masks agreed with eager fp32 on 100 % of the demo
@@ -23,8 +24,10 @@ import logging
 import os
 import tempfile
 import warnings
+from collections import OrderedDict
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -35,13 +38,14 @@ from bundle.flags import as_flag
 from bundle.hashing import file_digest
 from bundle.prompts import PROMPT_KEYS
 
-__all__ = ["BACKENDS", "QUANTIZATIONS", "OnnxRuntimeNetwork", "export_onnx", "onnx_model_path", "onnx_session_options", "runtime_network"]
+__all__ = ["BACKENDS", "QUANTIZATIONS", "FixedBatchSessions", "OnnxRuntimeNetwork", "export_onnx", "onnx_model_path", "onnx_session_options", "runtime_network"]
 
 logger = logging.getLogger(__name__)
 BACKENDS = ("auto", "torch", "onnxruntime")
 QUANTIZATIONS = ("none", "int8")
 INPUT_NAMES = ("image", *PROMPT_KEYS)
 OUTPUT_NAMES = ("seg_logits", "cls_logits")
+BATCH_AXIS = "batch"
 
 
 def onnx_model_path(ckpt_path: str | Path, image_size: int, quantize: str = "none") -> Path:
@@ -77,7 +81,7 @@ def export_onnx(network: nn.Module, path: Path, image_size: int) -> Path:
             torch.onnx.export(
                 network, (image, prompts, {}), partial, dynamo=False,
                 input_names=list(INPUT_NAMES), output_names=list(OUTPUT_NAMES),
-                dynamic_axes={name: {0: "batch"} for name in INPUT_NAMES + OUTPUT_NAMES},
+                dynamic_axes={name: {0: BATCH_AXIS} for name in INPUT_NAMES + OUTPUT_NAMES},
             )  # fmt: skip
         os.replace(partial, path)
     finally:
@@ -98,16 +102,47 @@ def quantize_int8(source: Path, path: Path) -> Path:
     return path
 
 
-def onnx_session_options(threads: int, spinning: bool = False):
+def onnx_session_options(threads: int, spinning: bool = False, batch: int | None = None):
     """ONNX Runtime session options: ``threads`` intra-op threads, spin-waiting after a call only if
-    ``spinning`` (see :class:`OnnxRuntimeNetwork`)."""
+    ``spinning`` (see :class:`OnnxRuntimeNetwork`), the graph's ``batch`` axis fixed at ``batch`` if given."""
     onnxruntime, found = optional_import("onnxruntime")
     if not found:
         raise ImportError("backend 'onnxruntime' needs the onnxruntime package: pip install onnxruntime")
     options = onnxruntime.SessionOptions()
     options.intra_op_num_threads = max(int(threads), 1)
     options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
+    if batch is not None:
+        options.add_free_dimension_override_by_name(BATCH_AXIS, int(batch))
     return options
+
+
+class FixedBatchSessions:
+    """ONNX Runtime sessions of one graph whose batch axis is dynamic, one per batch size, each with
+    that axis fixed (``session = sessions(batch)``, made on first use, the ``keep`` last used kept).
+
+    With every dimension known, ONNX Runtime folds the reshapes' shape arithmetic (``Shape``,
+    ``Gather``, ``Concat`` nodes, half of a Swin graph's nodes) into constants: the shipped student
+    ran a batch-1 call ~1.2x faster (docs/performance.md). A session takes ~0.1 s to make.
+
+    Args:
+        path: the graph (:func:`export_onnx`: its batch axis is named ``batch``).
+        threads, spinning: :func:`onnx_session_options`'s.
+        keep: how many sessions (batch sizes) are held at once.
+    """
+
+    def __init__(self, path: str | Path, threads: int = 1, spinning: bool = False, keep: int = 4) -> None:
+        self.path, self.threads, self.spinning, self.keep = Path(path), threads, spinning, keep
+        self._sessions: OrderedDict[int, Any] = OrderedDict()
+
+    def __call__(self, batch: int):
+        """The session for calls of ``batch`` images."""
+        if batch not in self._sessions:
+            if len(self._sessions) >= self.keep:
+                self._sessions.popitem(last=False)
+            options = onnx_session_options(self.threads, self.spinning, batch)
+            self._sessions[batch] = optional_import("onnxruntime")[0].InferenceSession(str(self.path), options, providers=["CPUExecutionProvider"])
+        self._sessions.move_to_end(batch)
+        return self._sessions[batch]
 
 
 class OnnxRuntimeNetwork(nn.Module):
@@ -125,9 +160,9 @@ class OnnxRuntimeNetwork(nn.Module):
 
     def __init__(self, path: str | Path, threads: int = 1, spinning: bool = False, per_image: bool = False) -> None:
         super().__init__()
-        options = onnx_session_options(threads, spinning)
         self.path, self.per_image = Path(path), per_image
-        self.session = optional_import("onnxruntime")[0].InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        self.sessions = FixedBatchSessions(path, threads, spinning)
+        self.sessions(1)  # reads the graph now: a missing package or a bad file fails here, not at the first image
 
     def forward(self, image: torch.Tensor, prompts: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         """image (B, C, H, W), prompts {key: (B, n_k), or (n_k,) shared by the batch} -> seg logits
@@ -140,7 +175,7 @@ class OnnxRuntimeNetwork(nn.Module):
         calls = [feeds]
         if self.per_image:
             calls = [{key: value[index : index + 1] for key, value in feeds.items()} for index in range(batch)]
-        outputs = [self.session.run(list(OUTPUT_NAMES), call) for call in calls]
+        outputs = [self.sessions(len(call["image"])).run(list(OUTPUT_NAMES), call) for call in calls]
         seg_logits, cls_logits = (torch.from_numpy(np.concatenate(arrays)) for arrays in zip(*outputs))
         return seg_logits.to(image.device), cls_logits.to(image.device)
 
