@@ -4,10 +4,9 @@ One process, one thread count; runtime by runtime (eager PyTorch, then ONNX Runt
 every (checkpoint, backend) pair of that runtime interleaved round by round (so a slower or busier
 stretch of the machine hits a teacher and its student alike; runtimes are not mixed within a round,
 since PyTorch's OpenMP threads spin for a while after an eager call and slowed the ONNX Runtime
-call after it); the median of ``--rounds``
-calls per pair and batch size, at each checkpoint's input size, on random images with one prompt.
-The ONNX Runtime graph's batch axis is dynamic and a batch is one call, in a session with that axis
-fixed at the batch's size (``bundle.workflows.runtimes``).
+call after it); the median of ``--rounds`` calls per pair and batch size, at each checkpoint's input
+size, on random images with one prompt. The ONNX Runtime graph's batch axis is dynamic and a batch
+is one call, in a session with that axis fixed at the batch's size (``bundle.workflows.runtimes``).
 Ratios are against eager PyTorch of the same checkpoint, and against the first checkpoint on the
 same backend (e.g. a teacher and its student), all of the same run. ``torch-bf16`` is eager PyTorch
 under the bf16 autocast that ``configs/inference.yaml`` applies (``PromptInferer``); it is measured

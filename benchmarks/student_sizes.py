@@ -6,8 +6,8 @@ and input size; the four-stage list also times three layouts of 8-pixel tokens, 
 0.6.0 teacher took (``--layout three-stage``, the default for a three-stage teacher: candidates for
 such a teacher). Each candidate is the teacher's constructor arguments with its overrides, random
 weights (latency does not depend on them), timed in one process with the teacher: eager PyTorch
-and ONNX Runtime, calls interleaved round by round, the median of ``--rounds`` calls at batch 1
-on the candidate's own input size (``img_size``).
+and ONNX Runtime, backend by backend with the candidates' calls interleaved round by round, the
+median of ``--rounds`` calls at batch 1 on the candidate's own input size (``img_size``).
 
 Usage::
 
@@ -117,9 +117,11 @@ def measure(teacher: Path, threads: int, rounds: int, candidates: Mapping[str, d
         with torch.inference_mode():
             for (name, _), runner in runners.items():  # warm-up: first calls allocate and pick kernels
                 runner(images[name], prompts)
-            for _ in range(rounds):
-                for (name, backend), runner in runners.items():
-                    samples[name, backend].append(time_call(lambda: runner(images[name], prompts)))
+            for backend in BACKENDS:  # backend by backend: PyTorch's threads spin after an eager call, slowing the next
+                for _ in range(rounds):
+                    for name in paths:
+                        runner = runners[name, backend]
+                        samples[name, backend].append(time_call(lambda: runner(images[name], prompts)))
     ms = {key: 1000 * statistics.median(values) for key, values in samples.items()}
     rows = {}
     for name in paths:
