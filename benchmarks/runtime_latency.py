@@ -6,15 +6,15 @@ stretch of the machine hits a teacher and its student alike; runtimes are not mi
 since PyTorch's OpenMP threads spin for a while after an eager call and slowed the ONNX Runtime
 call after it); the median of ``--rounds`` calls per pair and batch size, at each checkpoint's input
 size, on random images with one prompt. The ONNX Runtime graph's batch axis is dynamic and a batch
-is one call, in a session with that axis fixed at the batch's size (``bundle.workflows.runtimes``).
+is one call; a single image runs in a session with that axis fixed at 1 (``bundle.workflows.runtimes``).
 Ratios are against eager PyTorch of the same checkpoint, and against the first checkpoint on the
 same backend (e.g. a teacher and its student), all of the same run. ``torch-bf16`` is eager PyTorch
 under the bf16 autocast that ``configs/inference.yaml`` applies (``PromptInferer``); it is measured
 only where the CPU has native bf16, as the bundle uses it only there.
 
 ``--dynamic_batch`` adds a row per checkpoint: its ONNX Runtime graph in a single session whose batch
-axis stays dynamic (the bundle's sessions fix it per batch size, ``FixedBatchSessions``), to measure
-what fixing it buys.
+axis stays dynamic (the bundle's sessions fix it at batch 1, ``BatchSessions``), to measure what
+fixing it buys.
 
 ``--references`` adds networks to compare with, at the first checkpoint's input size, random
 weights (latency does not depend on them), eager PyTorch and ONNX Runtime (exported as the
@@ -50,7 +50,7 @@ from benchmarks.benchmark import machine, report, swin_unetr
 from bundle.networks import BundleCheckpoint, PerceptGuide, read_checkpoint
 from bundle.prompts import PROMPT_KEYS, PromptVocabulary
 from bundle.workflows.inferers import PromptInferer, cpu_supports_bf16
-from bundle.workflows.runtimes import FixedBatchSessions, onnx_model_path, onnx_session_options, runtime_network
+from bundle.workflows.runtimes import BatchSessions, onnx_model_path, onnx_session_options, runtime_network
 
 # row name -> (runtime_network's backend, its quantize, run under bf16 autocast)
 BACKENDS = {
@@ -117,8 +117,8 @@ def reference_runners(
             wrapped, example, str(path), dynamo=False, input_names=names, output_names=output_names,
             dynamic_axes={axis_name: {0: "batch"} for axis_name in names + output_names},
         )  # fmt: skip
-    # as the bundle's sessions: a batch axis fixed per batch size, threads not spinning (they would slow the next runner's call)
-    sessions = FixedBatchSessions(path, threads)
+    # as the bundle's sessions: the batch axis fixed at batch 1, threads not spinning (they would slow the next runner's call)
+    sessions = BatchSessions(path, threads)
 
     def run_session(image: torch.Tensor, prompts: Mapping[str, torch.Tensor]) -> None:
         feeds = {"image": image.numpy()}

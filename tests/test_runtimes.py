@@ -14,7 +14,7 @@ from PIL import Image
 from bundle.hashing import file_digest
 from bundle.networks import read_checkpoint
 from bundle.prompts import DEFAULT_VOCABULARY
-from bundle.workflows.runtimes import FixedBatchSessions, OnnxRuntimeNetwork, onnx_model_path, onnx_session_options, runtime_network
+from bundle.workflows.runtimes import BatchSessions, OnnxRuntimeNetwork, onnx_model_path, onnx_session_options, runtime_network
 from tests.bundle_runner import DEMO_DIR, REPO_ROOT, bundle_command, subprocess_env
 from tests.conftest import TINY_SIZE, tiny_network, write_checkpoint
 
@@ -90,7 +90,7 @@ def test_the_onnx_graph_takes_the_prompts_so_one_file_serves_every_organ_and_any
     network = read_checkpoint(checkpoint).build()
     runner = runtime_network(network, "onnxruntime", checkpoint, TINY_SIZE, threads=1)
     assert isinstance(runner, OnnxRuntimeNetwork) and runner.path == onnx_model_path(checkpoint, TINY_SIZE)
-    assert not runner.per_image  # a batch is one call, in a session whose batch axis is fixed at its size
+    assert not runner.per_image  # a batch is one call
     image = torch.rand(3, 3, TINY_SIZE, TINY_SIZE)
     names = [("breast", "tumor"), ("thyroid", "organ"), ("head", "organ")]
     encoded = [DEFAULT_VOCABULARY.encode({"position": o, "task": "segmentation", "mode": "whole", "type": t}) for o, t in names]
@@ -98,30 +98,26 @@ def test_the_onnx_graph_takes_the_prompts_so_one_file_serves_every_organ_and_any
     with torch.no_grad():
         for expected, got in zip(network(image, prompts), runner(image, prompts)):
             assert expected.shape == got.shape and (expected - got).abs().max() < 1e-4
-    assert runner.sessions(3).get_inputs()[0].shape == [3, 3, TINY_SIZE, TINY_SIZE]
 
 
-def test_fixed_batch_sessions_fold_the_shapes_and_keep_the_last_batch_sizes_used(tmp_path):
-    """A session per batch size with the graph's batch axis fixed: ONNX Runtime then folds the reshapes'
-    shape arithmetic, and the outputs are those of the dynamic graph; the oldest session goes first."""
+def test_single_images_run_with_the_batch_axis_fixed_and_batches_in_the_dynamic_session(tmp_path):
+    """A batch-1 session with the graph's batch axis fixed (ONNX Runtime then folds the reshapes' shape
+    arithmetic) gives the dynamic session's outputs to the bit; batches of any size share the dynamic one."""
     import onnxruntime
 
     checkpoint = write_checkpoint(tmp_path / "model.pt")
-    path = runtime_network(read_checkpoint(checkpoint).build(), "onnxruntime", checkpoint, TINY_SIZE, threads=1).path
+    network = read_checkpoint(checkpoint).build()
+    path = runtime_network(network, "onnxruntime", checkpoint, TINY_SIZE, threads=1).path
     dynamic = onnxruntime.InferenceSession(str(path), onnx_session_options(1), providers=["CPUExecutionProvider"])
-    assert dynamic.get_inputs()[0].shape[0] == "batch"
-    sessions = FixedBatchSessions(path, threads=1, keep=2)
-    feeds = {"image": np.random.default_rng(0).random((2, 3, TINY_SIZE, TINY_SIZE), dtype=np.float32)}
-    for key, size in read_checkpoint(checkpoint).build().prompt_sizes.items():
-        feeds[key] = np.eye(size, dtype=np.float32)[[0, 1]]
-    for expected, got in zip(dynamic.run(None, feeds), sessions(2).run(None, feeds)):
+    sessions = BatchSessions(path, threads=1)
+    assert sessions(1).get_inputs()[0].shape == [1, 3, TINY_SIZE, TINY_SIZE]
+    assert sessions(2) is sessions(5) and sessions(2).get_inputs()[0].shape[0] == "batch"
+    feeds = {"image": np.random.default_rng(0).random((1, 3, TINY_SIZE, TINY_SIZE), dtype=np.float32)}
+    feeds |= {key: np.eye(size, dtype=np.float32)[[1]] for key, size in network.prompt_sizes.items()}
+    for expected, got in zip(dynamic.run(None, feeds), sessions(1).run(None, feeds)):
         assert np.array_equal(expected, got)
-    with pytest.raises(Exception, match="index: 0 Got: 2 Expected: 1"):
-        sessions(1).run(None, feeds)
-    first = sessions(1)
-    assert sessions(1) is first
-    sessions(4), sessions(8)
-    assert sessions(1) is not first  # made again: batch sizes 2 and 1 left as 4 and 8 came
+    with pytest.raises(ValueError, match="one image per call, got a batch of 3"):
+        BatchSessions(path, threads=1, batched=False)(3)
 
 
 def test_auto_takes_onnxruntime_and_falls_back_to_torch_saying_why(tmp_path, monkeypatch, caplog):

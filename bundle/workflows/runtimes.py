@@ -6,8 +6,8 @@ file beside the checkpoint under the checkpoint's sha256, and runs it with ONNX 
 provider at the config's thread count. ``quantize: int8`` runs ONNX Runtime's dynamic int8
 quantization of the exported graph's matrix products instead. The graph's batch axis is dynamic:
 an fp32 batch is one call (1.3-1.4x faster at batch 8 than a call per image, threads not spinning),
-in a session that fixes the batch axis at that batch's size, so that ONNX Runtime folds the
-graph's shape arithmetic into constants (:class:`FixedBatchSessions`); an int8 batch stays a call per image, since dynamic quantization scales each call's activations
+and a single image runs in a session that fixes the batch axis at 1, so that ONNX Runtime folds
+the graph's shape arithmetic into constants (:class:`BatchSessions`); an int8 batch stays a call per image, since dynamic quantization scales each call's activations
 as a whole and an image's mask would depend on its neighbours. ``backend: auto`` (the default)
 takes ONNX Runtime on a CPU where it is installed and the network exports, else eager PyTorch (a
 fallback says why in the log): ONNX Runtime's masks agreed with eager fp32 on 100 % of the demo
@@ -24,10 +24,8 @@ import logging
 import os
 import tempfile
 import warnings
-from collections import OrderedDict
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
@@ -38,7 +36,7 @@ from bundle.flags import as_flag
 from bundle.hashing import file_digest
 from bundle.prompts import PROMPT_KEYS
 
-__all__ = ["BACKENDS", "QUANTIZATIONS", "FixedBatchSessions", "OnnxRuntimeNetwork", "export_onnx", "onnx_model_path", "onnx_session_options", "runtime_network"]
+__all__ = ["BACKENDS", "QUANTIZATIONS", "BatchSessions", "OnnxRuntimeNetwork", "export_onnx", "onnx_model_path", "onnx_session_options", "runtime_network"]
 
 logger = logging.getLogger(__name__)
 BACKENDS = ("auto", "torch", "onnxruntime")
@@ -116,33 +114,43 @@ def onnx_session_options(threads: int, spinning: bool = False, batch: int | None
     return options
 
 
-class FixedBatchSessions:
-    """ONNX Runtime sessions of one graph whose batch axis is dynamic, one per batch size, each with
-    that axis fixed (``session = sessions(batch)``, made on first use, the ``keep`` last used kept).
+class BatchSessions:
+    """The two ONNX Runtime sessions of a graph whose batch axis is dynamic (``session = sessions(batch)``):
+    one with that axis fixed at 1, for single images (live video, the Label app), and one with it left
+    dynamic, for batches.
 
     With every dimension known, ONNX Runtime folds the reshapes' shape arithmetic (``Shape``,
-    ``Gather``, ``Concat`` nodes, half of a Swin graph's nodes) into constants: the shipped student
-    ran a batch-1 call ~1.2x faster (docs/performance.md). A session takes ~0.1 s to make.
+    ``Gather``, ``Concat`` nodes) into constants: the shipped student's graph shrank from 829 to 472
+    nodes and its batch-1 call took 4 % less time, the teacher's 8-10 %; a batch of 8 gained nothing
+    (docs/performance.md), so batches share the dynamic session instead of one per batch size.
 
     Args:
         path: the graph (:func:`export_onnx`: its batch axis is named ``batch``).
         threads, spinning: :func:`onnx_session_options`'s.
-        keep: how many sessions (batch sizes) are held at once.
+        batched: whether to make the dynamic session; not for a graph run image by image.
     """
 
-    def __init__(self, path: str | Path, threads: int = 1, spinning: bool = False, keep: int = 4) -> None:
-        self.path, self.threads, self.spinning, self.keep = Path(path), threads, spinning, keep
-        self._sessions: OrderedDict[int, Any] = OrderedDict()
+    def __init__(self, path: str | Path, threads: int = 1, spinning: bool = False, batched: bool = True) -> None:
+        onnxruntime = optional_import("onnxruntime")[0]
+
+        def session(batch: int | None):
+            options = onnx_session_options(threads, spinning, batch)
+            return onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+        self.single = session(1)
+        self.batched = session(None) if batched else None
 
     def __call__(self, batch: int):
-        """The session for calls of ``batch`` images."""
-        if batch not in self._sessions:
-            if len(self._sessions) >= self.keep:
-                self._sessions.popitem(last=False)
-            options = onnx_session_options(self.threads, self.spinning, batch)
-            self._sessions[batch] = optional_import("onnxruntime")[0].InferenceSession(str(self.path), options, providers=["CPUExecutionProvider"])
-        self._sessions.move_to_end(batch)
-        return self._sessions[batch]
+        """The session for calls of ``batch`` images.
+
+        Raises:
+            ValueError: a batch of several images where no dynamic session was made.
+        """
+        if batch == 1:
+            return self.single
+        if self.batched is None:
+            raise ValueError(f"these sessions run one image per call, got a batch of {batch}")
+        return self.batched
 
 
 class OnnxRuntimeNetwork(nn.Module):
@@ -161,8 +169,7 @@ class OnnxRuntimeNetwork(nn.Module):
     def __init__(self, path: str | Path, threads: int = 1, spinning: bool = False, per_image: bool = False) -> None:
         super().__init__()
         self.path, self.per_image = Path(path), per_image
-        self.sessions = FixedBatchSessions(path, threads, spinning)
-        self.sessions(1)  # reads the graph now: a missing package or a bad file fails here, not at the first image
+        self.sessions = BatchSessions(path, threads, spinning, batched=not per_image)
 
     def forward(self, image: torch.Tensor, prompts: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         """image (B, C, H, W), prompts {key: (B, n_k), or (n_k,) shared by the batch} -> seg logits
