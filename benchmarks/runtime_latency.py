@@ -50,7 +50,7 @@ from benchmarks.benchmark import machine, report, swin_unetr
 from bundle.networks import BundleCheckpoint, PerceptGuide, read_checkpoint
 from bundle.prompts import PROMPT_KEYS, PromptVocabulary
 from bundle.workflows.inferers import PromptInferer, cpu_supports_bf16
-from bundle.workflows.runtimes import BatchSessions, onnx_model_path, onnx_session_options, runtime_network
+from bundle.workflows.runtimes import BatchSessions, onnx_model_path, onnx_session, runtime_network
 
 # row name -> (runtime_network's backend, its quantize, run under bf16 autocast)
 BACKENDS = {
@@ -132,8 +132,7 @@ def reference_runners(
 
 def dynamic_batch_runner(ckpt_path: Path, image_size: int, threads: int) -> Callable[[torch.Tensor, Mapping[str, torch.Tensor]], object]:
     """``(image, prompts)`` -> the checkpoint's cached graph run in one session whose batch axis is left dynamic."""
-    onnxruntime = optional_import("onnxruntime")[0]
-    session = onnxruntime.InferenceSession(str(onnx_model_path(ckpt_path, image_size)), onnx_session_options(threads), providers=["CPUExecutionProvider"])
+    session = onnx_session(onnx_model_path(ckpt_path, image_size), threads)
 
     def run(image: torch.Tensor, prompts: Mapping[str, torch.Tensor]) -> None:
         session.run(None, {"image": image.numpy()} | {key: prompts[key].numpy() for key in PROMPT_KEYS})

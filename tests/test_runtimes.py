@@ -14,7 +14,7 @@ from PIL import Image
 from bundle.hashing import file_digest
 from bundle.networks import read_checkpoint
 from bundle.prompts import DEFAULT_VOCABULARY
-from bundle.workflows.runtimes import BatchSessions, OnnxRuntimeNetwork, onnx_model_path, onnx_session_options, runtime_network
+from bundle.workflows.runtimes import BatchSessions, OnnxRuntimeNetwork, onnx_model_path, onnx_session, runtime_network
 from tests.bundle_runner import DEMO_DIR, REPO_ROOT, bundle_command, subprocess_env
 from tests.conftest import TINY_SIZE, tiny_network, write_checkpoint
 
@@ -103,12 +103,10 @@ def test_the_onnx_graph_takes_the_prompts_so_one_file_serves_every_organ_and_any
 def test_single_images_run_with_the_batch_axis_fixed_and_batches_in_the_dynamic_session(tmp_path):
     """A batch-1 session with the graph's batch axis fixed (ONNX Runtime then folds the reshapes' shape
     arithmetic) gives the dynamic session's outputs to the bit; batches of any size share the dynamic one."""
-    import onnxruntime
-
     checkpoint = write_checkpoint(tmp_path / "model.pt")
     network = read_checkpoint(checkpoint).build()
     path = runtime_network(network, "onnxruntime", checkpoint, TINY_SIZE, threads=1).path
-    dynamic = onnxruntime.InferenceSession(str(path), onnx_session_options(1), providers=["CPUExecutionProvider"])
+    dynamic = onnx_session(path, threads=1)
     sessions = BatchSessions(path, threads=1)
     assert sessions(1).get_inputs()[0].shape == [1, 3, TINY_SIZE, TINY_SIZE]
     assert sessions(2) is sessions(5) and sessions(2).get_inputs()[0].shape[0] == "batch"

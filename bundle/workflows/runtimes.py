@@ -36,7 +36,7 @@ from bundle.flags import as_flag
 from bundle.hashing import file_digest
 from bundle.prompts import PROMPT_KEYS
 
-__all__ = ["BACKENDS", "QUANTIZATIONS", "BatchSessions", "OnnxRuntimeNetwork", "export_onnx", "onnx_model_path", "onnx_session_options", "runtime_network"]
+__all__ = ["BACKENDS", "QUANTIZATIONS", "BatchSessions", "OnnxRuntimeNetwork", "export_onnx", "onnx_model_path", "onnx_session", "onnx_session_options", "runtime_network"]
 
 logger = logging.getLogger(__name__)
 BACKENDS = ("auto", "torch", "onnxruntime")
@@ -114,6 +114,12 @@ def onnx_session_options(threads: int, spinning: bool = False, batch: int | None
     return options
 
 
+def onnx_session(path: str | Path, threads: int, spinning: bool = False, batch: int | None = None):
+    """An ONNX Runtime CPU session of the graph at ``path`` with :func:`onnx_session_options`."""
+    options = onnx_session_options(threads, spinning, batch)  # first: says what to install if onnxruntime is missing
+    return optional_import("onnxruntime")[0].InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
 class BatchSessions:
     """The two ONNX Runtime sessions of a graph whose batch axis is dynamic (``session = sessions(batch)``):
     one with that axis fixed at 1, for single images (live video, the Label app), and one with it left
@@ -131,14 +137,8 @@ class BatchSessions:
     """
 
     def __init__(self, path: str | Path, threads: int = 1, spinning: bool = False, batched: bool = True) -> None:
-        onnxruntime = optional_import("onnxruntime")[0]
-
-        def session(batch: int | None):
-            options = onnx_session_options(threads, spinning, batch)
-            return onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-
-        self.single = session(1)
-        self.batched = session(None) if batched else None
+        self.single = onnx_session(path, threads, spinning, batch=1)
+        self.batched = onnx_session(path, threads, spinning) if batched else None
 
     def __call__(self, batch: int):
         """The session for calls of ``batch`` images.
