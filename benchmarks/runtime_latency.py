@@ -12,6 +12,13 @@ same backend (e.g. a teacher and its student), all of the same run. ``torch-bf16
 under the bf16 autocast that ``configs/inference.yaml`` applies (``PromptInferer``); it is measured
 only where the CPU has native bf16, as the bundle uses it only there.
 
+``--processes N`` times each row alone instead: built and run in a fresh process that holds no other
+row's sessions, thread pools or weights, ``--rounds`` consecutive calls per batch size (as a live
+video calls one model), N such processes per row taking turns with the other rows'; a row's time is
+the median of its least disturbed process (every process's median is in the JSON). On the 2-core
+VMs here a core's speed switches between two levels for seconds at a time (the student's batch-1
+call 1.45 or 1.95 ms in one process), so interleaved medians mix the two (docs/performance.md).
+
 ``--dynamic_batch`` adds a row per checkpoint: its ONNX Runtime graph in a single session whose batch
 axis stays dynamic (the bundle's sessions fix it at batch 1, ``BatchSessions``), to measure what
 fixing it buys.
@@ -29,16 +36,17 @@ Usage::
 
     python -m benchmarks.runtime_latency [--ckpt_path models/pretrained.pt [models/student.pt ...]] \\
         [--threads 2] [--batches 1 8] [--rounds 30] [--references official SwinUNETR-24] \\
-        [--official_repo ../PerceptGuide] [--dynamic_batch] [--json out.json]
+        [--official_repo ../PerceptGuide] [--dynamic_batch] [--processes 3] [--json out.json]
 """
 
 from __future__ import annotations
 
 import argparse
+import multiprocessing
 import statistics
 import tempfile
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from pathlib import Path
 
 import torch
@@ -50,7 +58,7 @@ from benchmarks.benchmark import machine, report, swin_unetr
 from bundle.networks import BundleCheckpoint, PerceptGuide, read_checkpoint
 from bundle.prompts import PROMPT_KEYS, PromptVocabulary
 from bundle.workflows.inferers import PromptInferer, cpu_supports_bf16
-from bundle.workflows.runtimes import BatchSessions, onnx_model_path, onnx_session, runtime_network
+from bundle.workflows.runtimes import BatchSessions, export_onnx, onnx_model_path, onnx_session, runtime_network
 
 # row name -> (runtime_network's backend, its quantize, run under bf16 autocast)
 BACKENDS = {
@@ -130,9 +138,15 @@ def reference_runners(
     return runners
 
 
-def dynamic_batch_runner(ckpt_path: Path, image_size: int, threads: int) -> Callable[[torch.Tensor, Mapping[str, torch.Tensor]], object]:
-    """``(image, prompts)`` -> the checkpoint's cached graph run in one session whose batch axis is left dynamic."""
-    session = onnx_session(onnx_model_path(ckpt_path, image_size), threads)
+def dynamic_batch_runner(
+    network: nn.Module, ckpt_path: Path, image_size: int, threads: int
+) -> Callable[[torch.Tensor, Mapping[str, torch.Tensor]], object]:
+    """``(image, prompts)`` -> the checkpoint's cached graph (``network`` exported if not yet) run in one
+    session whose batch axis is left dynamic."""
+    path = onnx_model_path(ckpt_path, image_size)
+    if not path.is_file():
+        export_onnx(network, path, image_size)
+    session = onnx_session(path, threads)
 
     def run(image: torch.Tensor, prompts: Mapping[str, torch.Tensor]) -> None:
         session.run(None, {"image": image.numpy()} | {key: prompts[key].numpy() for key in PROMPT_KEYS})
@@ -158,6 +172,58 @@ def time_call(call: Callable[[], object]) -> float:
     return time.perf_counter() - start
 
 
+def planned_names(ckpt_paths: Sequence[Path], references: Sequence[str], dynamic_batch: bool) -> dict[str, str]:
+    """The rows a run times, in order: ``"<checkpoint stem or reference> <backend>"`` -> that stem."""
+    names = {}
+    for path in ckpt_paths:
+        for name, (_, _, bf16) in BACKENDS.items():
+            if not (bf16 and not cpu_supports_bf16()):
+                names[f"{path.stem} {name}"] = path.stem
+        if dynamic_batch:
+            names[f"{path.stem} {DYNAMIC}"] = path.stem
+    onnx_found = optional_import("onnxruntime")[1]
+    for reference in references:
+        for backend in ("torch", "onnxruntime") if onnx_found else ("torch",):
+            names[f"{reference} {backend}"] = reference
+    return names
+
+
+def build_runners(
+    ckpt_paths: Sequence[Path],
+    threads: int,
+    references: Sequence[str],
+    official_repo: str | None,
+    dynamic_batch: bool,
+    folder: Path,
+    only: Collection[str] | None = None,
+) -> tuple[dict[str, tuple[str, Callable]], dict[str, int], dict[str, PromptVocabulary]]:
+    """The runners of :func:`planned_names`' rows (those in ``only`` if given): name -> (stem, call
+    ``(image, prompts)``), and each stem's input size and prompt vocabulary; reference graphs are exported into ``folder``."""
+    wanted = planned_names(ckpt_paths, references, dynamic_batch)
+    wanted = {name: stem for name, stem in wanted.items() if only is None or name in only}
+    runners, images, vocabularies = {}, {}, {}
+    for path in ckpt_paths:
+        checkpoint = read_checkpoint(path)
+        size = checkpoint.description.image_size
+        images[path.stem], vocabularies[path.stem] = size, checkpoint.description.prompt_vocabulary
+        network = checkpoint.build()
+        for name, (backend, quantize, bf16) in BACKENDS.items():
+            if f"{path.stem} {name}" in wanted:
+                runner = runtime_network(network, backend, path, size, threads, quantize)
+                runners[f"{path.stem} {name}"] = (path.stem, in_bf16(runner) if bf16 else runner)
+        if f"{path.stem} {DYNAMIC}" in wanted:
+            runners[f"{path.stem} {DYNAMIC}"] = (path.stem, dynamic_batch_runner(network, path, size, threads))
+    first = ckpt_paths[0].stem
+    needed = [reference for reference in references if any(stem == reference for stem in wanted.values())]
+    for reference, (network, prompted) in reference_networks(needed, read_checkpoint(ckpt_paths[0]), official_repo).items():
+        images[reference], vocabularies[reference] = images[first], vocabularies[first]
+        backends = reference_runners(reference, network, prompted, images[first], vocabularies[first], threads, folder)
+        for backend, runner in backends.items():
+            if f"{reference} {backend}" in wanted:
+                runners[f"{reference} {backend}"] = (reference, runner)
+    return runners, images, vocabularies
+
+
 def measure(
     ckpt_paths: Sequence[Path],
     threads: int,
@@ -166,43 +232,77 @@ def measure(
     references: Sequence[str] = (),
     official_repo: str | None = None,
     dynamic_batch: bool = False,
+    processes: int = 0,
 ) -> dict:
-    """``"<checkpoint stem or reference> <backend>"`` -> batch -> median milliseconds per call, and the ratios."""
+    """``"<checkpoint stem or reference> <backend>"`` -> batch -> median milliseconds per call, and the
+    ratios; in this process (``processes`` 0, :func:`interleaved_medians`) or each row alone in
+    ``processes`` fresh ones (:func:`isolated_medians`; the fastest process's median)."""
     if len({path.stem for path in ckpt_paths} | set(references)) < len(ckpt_paths) + len(references):
         raise ValueError(
             f"rows are named by checkpoint file stem and reference, which must differ: {[str(p) for p in ckpt_paths]}, {list(references)}"
         )
+    if references:
+        reference_networks(references, read_checkpoint(ckpt_paths[0]), official_repo)  # a missing --official_repo fails here, not in a child
     torch.set_num_threads(threads)
-    runners, images, vocabularies = {}, {}, {}
-    for path in ckpt_paths:
-        checkpoint = read_checkpoint(path)
-        network = checkpoint.build()
-        size = checkpoint.description.image_size
-        images[path.stem] = size
-        vocabularies[path.stem] = checkpoint.description.prompt_vocabulary
-        for name, (backend, quantize, bf16) in BACKENDS.items():
-            if bf16 and not cpu_supports_bf16():
-                continue
-            runner = runtime_network(network, backend, path, size, threads, quantize)
-            runners[f"{path.stem} {name}"] = (path.stem, in_bf16(runner) if bf16 else runner)
-        if dynamic_batch:
-            runners[f"{path.stem} {DYNAMIC}"] = (path.stem, dynamic_batch_runner(path, size, threads))
+    plan = (list(ckpt_paths), threads, list(references), official_repo, dynamic_batch)
+    names = planned_names(ckpt_paths, references, dynamic_batch)
+    per_process = {}
+    if processes:
+        per_process = isolated_medians(plan, list(names), batches, rounds, processes)
+        # the least disturbed process, as cine_fps keeps its fastest repeat: this VM's cores switch
+        # between two speeds for seconds at a time, and a row's processes may all miss the fast one
+        medians = {name: {batch: min(values) for batch, values in rows.items()} for name, rows in per_process.items()}
+        images = {path.stem: read_checkpoint(path).description.image_size for path in ckpt_paths}
+        images |= {reference: images[ckpt_paths[0].stem] for reference in references}
+    else:
+        with tempfile.TemporaryDirectory() as folder:
+            runners, images, vocabularies = build_runners(*plan, Path(folder))
+            medians = interleaved_medians(runners, images, vocabularies, batches, rounds)
     first = ckpt_paths[0].stem
-    with tempfile.TemporaryDirectory() as folder:
-        for reference, (network, prompted) in reference_networks(references, read_checkpoint(ckpt_paths[0]), official_repo).items():
-            images[reference], vocabularies[reference] = images[first], vocabularies[first]
-            backends = reference_runners(reference, network, prompted, images[first], vocabularies[first], threads, Path(folder))
-            for backend, runner in backends.items():
-                runners[f"{reference} {backend}"] = (reference, runner)
-        medians = interleaved_medians(runners, images, vocabularies, batches, rounds)
-    vs_torch = {name: {b: medians[f"{stem} torch"][b] / ms for b, ms in medians[name].items()} for name, (stem, _) in runners.items()}
+    vs_torch = {name: {b: medians[f"{stem} torch"][b] / ms for b, ms in medians[name].items()} for name, stem in names.items()}
     vs_first = {
         name: {b: medians[name.replace(stem, first, 1)][b] / ms for b, ms in medians[name].items()}
-        for name, (stem, _) in runners.items()
+        for name, stem in names.items()
     }
     return {"ckpt_paths": [str(path) for path in ckpt_paths], "references": list(references), "image_sizes": images,
-            "threads": threads, "rounds": rounds, "ms": medians, "speed_up_vs_torch": vs_torch,
+            "threads": threads, "rounds": rounds, "processes": processes, "ms": medians, "ms_per_process": per_process, "speed_up_vs_torch": vs_torch,
             "speed_up_vs_first": vs_first, "machine": machine()}  # fmt: skip
+
+
+def block_medians(runner: Callable, image_size: int, vocabulary: PromptVocabulary, batches: Sequence[int], rounds: int) -> dict[int, float]:
+    """batch -> median milliseconds of ``rounds`` consecutive calls of one runner (after a warm-up call)."""
+    medians = {}
+    with torch.inference_mode():
+        for batch in batches:
+            image = torch.rand(batch, 3, image_size, image_size, generator=torch.Generator().manual_seed(0))
+            prompts = prompts_for(vocabulary, batch)
+            runner(image, prompts)  # the first call allocates and picks kernels
+            medians[batch] = 1000 * statistics.median(time_call(lambda: runner(image, prompts)) for _ in range(rounds))
+    return medians
+
+
+def time_alone(plan: tuple, name: str, batches: Sequence[int], rounds: int) -> dict[int, float]:
+    """:func:`block_medians` of the row ``name`` built and run alone (in a fresh process)."""
+    ckpt_paths, threads = plan[0], plan[1]
+    torch.set_num_threads(threads)
+    with tempfile.TemporaryDirectory() as folder:
+        runners, images, vocabularies = build_runners(*plan, Path(folder), only={name})
+        stem, runner = runners[name]
+        return block_medians(runner, images[stem], vocabularies[stem], batches, rounds)
+
+
+def isolated_medians(plan: tuple, names: Sequence[str], batches: Sequence[int], rounds: int, processes: int) -> dict[str, dict[int, list[float]]]:
+    """name -> batch -> the median of ``rounds`` consecutive calls in each of ``processes`` fresh
+    processes per row; the rows' processes take turns (one at a time: row 1, row 2, …, then again),
+    so that a slower stretch of the machine can hit a teacher and its student alike."""
+    context = multiprocessing.get_context("spawn")  # a fresh interpreter: no other row's sessions or threads
+    samples: dict[str, dict[int, list[float]]] = {name: {batch: [] for batch in batches} for name in names}
+    for _ in range(processes):
+        for name in names:
+            with context.Pool(1) as pool:
+                for batch, ms in pool.apply(time_alone, (plan, name, batches, rounds)).items():
+                    samples[name][batch].append(ms)
+    return samples
 
 
 def interleaved_medians(
@@ -258,10 +358,21 @@ def main(argv: Sequence[str] | None = None) -> dict:
     parser.add_argument("--references", nargs="*", default=[], choices=REFERENCES)
     parser.add_argument("--official_repo", help="checkout or git directory of the official code (reference 'official')")
     parser.add_argument("--dynamic_batch", action="store_true", help="add each checkpoint's graph in a session with a dynamic batch axis")
+    parser.add_argument(
+        "--processes", type=int, default=0,
+        help="time each row alone in this many fresh processes (taking turns), not interleaved in this one",
+    )  # fmt: skip
     parser.add_argument("--json", type=Path)
     args = parser.parse_args(argv)
-    result = measure(args.ckpt_path, args.threads, args.batches, args.rounds, args.references, args.official_repo, args.dynamic_batch)
-    title = f"{', '.join(map(str, args.ckpt_path))}: {args.threads} threads, median of {args.rounds} interleaved calls"
+    result = measure(
+        args.ckpt_path, args.threads, args.batches, args.rounds, args.references, args.official_repo, args.dynamic_batch, args.processes
+    )
+    protocol = (
+        f"each row alone, median of {args.rounds} consecutive calls in the fastest of {args.processes} processes"
+        if args.processes
+        else f"median of {args.rounds} interleaved calls"
+    )
+    title = f"{', '.join(map(str, args.ckpt_path))}: {args.threads} threads, {protocol}"
     return report(title, table(result), result, args.json)
 
 

@@ -102,13 +102,16 @@ def test_the_onnx_graph_takes_the_prompts_so_one_file_serves_every_organ_and_any
 
 def test_single_images_run_with_the_batch_axis_fixed_and_batches_in_the_dynamic_session(tmp_path):
     """A batch-1 session with the graph's batch axis fixed (ONNX Runtime then folds the reshapes' shape
-    arithmetic) gives the dynamic session's outputs to the bit; batches of any size share the dynamic one."""
+    arithmetic) gives the dynamic session's outputs to the bit; batches of any size share the dynamic one;
+    each session is made at its first call, so that single images alone hold one thread pool."""
     checkpoint = write_checkpoint(tmp_path / "model.pt")
     network = read_checkpoint(checkpoint).build()
     path = runtime_network(network, "onnxruntime", checkpoint, TINY_SIZE, threads=1).path
     dynamic = onnx_session(path, threads=1)
     sessions = BatchSessions(path, threads=1)
+    assert sessions.made == {}
     assert sessions(1).get_inputs()[0].shape == [1, 3, TINY_SIZE, TINY_SIZE]
+    assert list(sessions.made) == [1]
     assert sessions(2) is sessions(5) and sessions(2).get_inputs()[0].shape[0] == "batch"
     feeds = {"image": np.random.default_rng(0).random((1, 3, TINY_SIZE, TINY_SIZE), dtype=np.float32)}
     feeds |= {key: np.eye(size, dtype=np.float32)[[1]] for key, size in network.prompt_sizes.items()}

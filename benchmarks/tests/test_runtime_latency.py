@@ -75,3 +75,25 @@ def test_the_dynamic_batch_row_times_the_same_graph_in_one_session_with_its_batc
     )
     assert set(result["ms"]["teacher onnxruntime-dynamic"]) == {1, 3}
     assert result["speed_up_vs_torch"]["teacher onnxruntime-dynamic"][3] > 0
+
+
+def test_with_processes_each_row_is_timed_alone_in_fresh_processes_and_gets_the_same_ratios(tmp_path, capsys):
+    teacher = write_checkpoint(tmp_path / "teacher.pt")
+    student = write_checkpoint(tmp_path / "student.pt", tiny_network(embed_dim=8, num_heads=(2, 2, 4, 4)))
+    result = runtime_latency.main(
+        ["--ckpt_path", str(teacher), str(student), "--threads", "1", "--rounds", "2", "--batches", "1", "--processes", "1"]
+    )
+    assert set(result["ms"]) == set(runtime_latency.planned_names([teacher, student], [], False))
+    assert result["processes"] == 1 and result["image_sizes"] == {"teacher": 64, "student": 64}
+    assert result["ms_per_process"]["student onnxruntime"][1] == [result["ms"]["student onnxruntime"][1]]
+    ratio = result["ms"]["teacher onnxruntime"][1] / result["ms"]["student onnxruntime"][1]
+    assert result["speed_up_vs_first"]["student onnxruntime"][1] == pytest.approx(ratio)
+    assert "each row alone" in capsys.readouterr().out
+
+
+def test_a_row_timed_alone_builds_only_its_own_runner(tmp_path):
+    teacher = write_checkpoint(tmp_path / "teacher.pt")
+    runners, images, _ = runtime_latency.build_runners([teacher], 1, [], None, True, tmp_path, only={"teacher onnxruntime-dynamic"})
+    assert list(runners) == ["teacher onnxruntime-dynamic"] and images == {"teacher": 64}
+    medians = runtime_latency.time_alone(([teacher], 1, [], None, True), "teacher onnxruntime-dynamic", [1, 2], 2)
+    assert set(medians) == {1, 2} and all(ms > 0 for ms in medians.values())

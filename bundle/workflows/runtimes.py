@@ -26,6 +26,7 @@ import tempfile
 import warnings
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -123,7 +124,8 @@ def onnx_session(path: str | Path, threads: int, spinning: bool = False, batch: 
 class BatchSessions:
     """The two ONNX Runtime sessions of a graph whose batch axis is dynamic (``session = sessions(batch)``):
     one with that axis fixed at 1, for single images (live video, the Label app), and one with it left
-    dynamic, for batches.
+    dynamic, for batches; each made at its first call, so that a process that runs only single images
+    (or only batches) holds one session and one thread pool.
 
     With every dimension known, ONNX Runtime folds the reshapes' shape arithmetic (``Shape``,
     ``Gather``, ``Concat`` nodes) into constants: the shipped student's graph shrank from 829 to 472
@@ -133,24 +135,25 @@ class BatchSessions:
     Args:
         path: the graph (:func:`export_onnx`: its batch axis is named ``batch``).
         threads, spinning: :func:`onnx_session_options`'s.
-        batched: whether to make the dynamic session; not for a graph run image by image.
+        batched: whether batches may run; not for a graph run image by image.
     """
 
     def __init__(self, path: str | Path, threads: int = 1, spinning: bool = False, batched: bool = True) -> None:
-        self.single = onnx_session(path, threads, spinning, batch=1)
-        self.batched = onnx_session(path, threads, spinning) if batched else None
+        self.path, self.threads, self.spinning, self.batched = Path(path), threads, spinning, batched
+        self.made: dict[int | None, Any] = {}  # fixed batch (or None: dynamic) -> session
 
     def __call__(self, batch: int):
         """The session for calls of ``batch`` images.
 
         Raises:
-            ValueError: a batch of several images where no dynamic session was made.
+            ValueError: a batch of several images where batches may not run.
         """
-        if batch == 1:
-            return self.single
-        if self.batched is None:
+        if batch != 1 and not self.batched:
             raise ValueError(f"these sessions run one image per call, got a batch of {batch}")
-        return self.batched
+        fixed = 1 if batch == 1 else None
+        if fixed not in self.made:
+            self.made[fixed] = onnx_session(self.path, self.threads, self.spinning, batch=fixed)
+        return self.made[fixed]
 
 
 class OnnxRuntimeNetwork(nn.Module):
