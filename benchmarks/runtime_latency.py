@@ -177,8 +177,9 @@ def planned_names(ckpt_paths: Sequence[Path], references: Sequence[str], dynamic
     names = {}
     for path in ckpt_paths:
         for name, (_, _, bf16) in BACKENDS.items():
-            if not (bf16 and not cpu_supports_bf16()):
-                names[f"{path.stem} {name}"] = path.stem
+            if bf16 and not cpu_supports_bf16():
+                continue
+            names[f"{path.stem} {name}"] = path.stem
         if dynamic_batch:
             names[f"{path.stem} {DYNAMIC}"] = path.stem
     onnx_found = optional_import("onnxruntime")[1]
@@ -249,8 +250,8 @@ def measure(
     per_process = {}
     if processes:
         per_process = isolated_medians(plan, list(names), batches, rounds, processes)
-        # the least disturbed process, as cine_fps keeps its fastest repeat: this VM's cores switch
-        # between two speeds for seconds at a time, and a row's processes may all miss the fast one
+        # the least disturbed process, as cine_fps keeps its fastest repeat: a process's speed can
+        # drift for seconds at a time, and a row's processes may all draw a slow stretch
         medians = {name: {batch: min(values) for batch, values in rows.items()} for name, rows in per_process.items()}
         images = {path.stem: read_checkpoint(path).description.image_size for path in ckpt_paths}
         images |= {reference: images[ckpt_paths[0].stem] for reference in references}
@@ -283,8 +284,7 @@ def block_medians(runner: Callable, image_size: int, vocabulary: PromptVocabular
 
 def time_alone(plan: tuple, name: str, batches: Sequence[int], rounds: int) -> dict[int, float]:
     """:func:`block_medians` of the row ``name`` built and run alone (in a fresh process)."""
-    ckpt_paths, threads = plan[0], plan[1]
-    torch.set_num_threads(threads)
+    torch.set_num_threads(plan[1])
     with tempfile.TemporaryDirectory() as folder:
         runners, images, vocabularies = build_runners(*plan, Path(folder), only={name})
         stem, runner = runners[name]
