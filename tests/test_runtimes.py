@@ -121,6 +121,14 @@ def test_single_images_run_with_the_batch_axis_fixed_and_batches_in_the_dynamic_
         BatchSessions(path, threads=1, batched=False)(3)
 
 
+def test_a_bad_cached_graph_fails_when_the_network_is_made_naming_the_file(tmp_path):
+    checkpoint = write_checkpoint(tmp_path / "model.pt")
+    network = read_checkpoint(checkpoint).build()
+    onnx_model_path(checkpoint, TINY_SIZE).write_bytes(b"not an onnx graph")
+    with pytest.raises(Exception, match="model.*anybatch.onnx"):
+        runtime_network(network, "onnxruntime", checkpoint, TINY_SIZE, threads=1)
+
+
 def test_auto_takes_onnxruntime_and_falls_back_to_torch_saying_why(tmp_path, monkeypatch, caplog):
     from bundle.workflows import runtimes
 

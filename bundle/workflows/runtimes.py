@@ -125,7 +125,7 @@ class BatchSessions:
     """The two ONNX Runtime sessions of a graph whose batch axis is dynamic (``session = sessions(batch)``):
     one with that axis fixed at 1, for single images (live video, the Label app), and one with it left
     dynamic, for batches; each made at its first call, so that a process that runs only single images
-    (or only batches) holds one session and one thread pool.
+    holds one session and one thread pool.
 
     With every dimension known, ONNX Runtime folds the reshapes' shape arithmetic (``Shape``,
     ``Gather``, ``Concat`` nodes) into constants: the shipped student's graph shrank from 829 to 472
@@ -173,6 +173,7 @@ class OnnxRuntimeNetwork(nn.Module):
         super().__init__()
         self.path, self.per_image = Path(path), per_image
         self.sessions = BatchSessions(path, threads, spinning, batched=not per_image)
+        self.sessions(1)  # reads the graph now: a missing package or a bad file fails here, not at the first image
 
     def forward(self, image: torch.Tensor, prompts: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         """image (B, C, H, W), prompts {key: (B, n_k), or (n_k,) shared by the batch} -> seg logits
