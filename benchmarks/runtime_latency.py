@@ -85,22 +85,28 @@ class PositionalPrompts(nn.Module):
         return self.network(image)
 
 
+def check_references(names: Sequence[str], official_repo: str | None) -> None:
+    """Raises ValueError for an unknown reference or an official one without ``official_repo``."""
+    for name in names:
+        if name not in REFERENCES:
+            raise ValueError(f"unknown reference {name!r}; known: {', '.join(REFERENCES)}")
+        if name == "official" and not official_repo:
+            raise ValueError("the official reference needs --official_repo (a checkout or git directory of the official code)")
+
+
 def reference_networks(names: Sequence[str], checkpoint: BundleCheckpoint, official_repo: str | None) -> dict[str, tuple[nn.Module, bool]]:
     """name -> (eager network at ``checkpoint``'s input size with random weights, whether it takes prompts)."""
+    check_references(names, official_repo)
     networks = {}
     for name in names:
         torch.manual_seed(0)
         if name == "official":
-            if not official_repo:
-                raise ValueError("the official reference needs --official_repo (a checkout or git directory of the official code)")
             from benchmarks.official_network import build_official
 
             arguments = {**checkpoint.description.arguments, "conv_skips": 0, "patch_embed": "linear"}
             networks[name] = (build_official(official_repo, PerceptGuide(**arguments).state_dict(), **arguments), True)
-        elif name == "SwinUNETR-24":
-            networks[name] = (swin_unetr(24), False)
         else:
-            raise ValueError(f"unknown reference {name!r}; known: {', '.join(REFERENCES)}")
+            networks[name] = (swin_unetr(24), False)
     return networks
 
 
@@ -207,6 +213,8 @@ def build_runners(
         checkpoint = read_checkpoint(path)
         size = checkpoint.description.image_size
         images[path.stem], vocabularies[path.stem] = size, checkpoint.description.prompt_vocabulary
+        if path.stem not in wanted.values():
+            continue
         network = checkpoint.build()
         for name, (backend, quantize, bf16) in BACKENDS.items():
             if f"{path.stem} {name}" in wanted:
@@ -242,8 +250,7 @@ def measure(
         raise ValueError(
             f"rows are named by checkpoint file stem and reference, which must differ: {[str(p) for p in ckpt_paths]}, {list(references)}"
         )
-    if references:
-        reference_networks(references, read_checkpoint(ckpt_paths[0]), official_repo)  # a missing --official_repo fails here, not in a child
+    check_references(references, official_repo)  # fails here, not in a child process
     torch.set_num_threads(threads)
     plan = (list(ckpt_paths), threads, list(references), official_repo, dynamic_batch)
     names = planned_names(ckpt_paths, references, dynamic_batch)
