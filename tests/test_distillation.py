@@ -49,6 +49,22 @@ def test_training_returns_the_teachers_outputs_and_aligned_stage_features(pair):
     assert not pair.teacher.training
 
 
+def test_a_mirrored_teacher_gives_the_mean_of_both_views_and_the_plain_views_features():
+    pair = DistillationNetwork(tiny_network(1, **STUDENT), tiny_network(2, **TEACHER), mirrored_teacher=True)
+    image = torch.rand(2, 3, TINY_SIZE, TINY_SIZE, generator=torch.Generator().manual_seed(1))
+    pair.train()
+    _, _, signals = pair(image, prompts(2))
+    with torch.no_grad():
+        plain_seg, plain_cls = pair.teacher(image, prompts(2))
+        plain_features = pair.teacher_stages.take()
+        mirrored_seg, mirrored_cls = pair.teacher(torch.flip(image, dims=(-1,)), prompts(2))
+        pair.teacher_stages.take()
+    assert torch.allclose(signals.seg, (plain_seg + torch.flip(mirrored_seg, dims=(-1,))) / 2)
+    assert torch.allclose(signals.cls, (plain_cls + mirrored_cls) / 2)
+    assert not torch.allclose(signals.seg, plain_seg)
+    assert all(torch.equal(kept, plain) for kept, plain in zip(signals.teacher_features, plain_features))
+
+
 def test_the_teacher_stays_out_of_the_state_the_optimizer_and_the_gradients(pair):
     teacher_before = {key: value.clone() for key, value in pair.teacher.state_dict().items()}
     assert all(key.startswith(("student.", "maps.")) for key in pair.state_dict())

@@ -97,6 +97,9 @@ class DistillationNetwork(nn.Module):
         student: the network that learns (what checkpoints hold).
         teacher: the trained network; its parameters are frozen here.
         level_weights: feature weight per level, finest first; deeper levels take the last one.
+        mirrored_teacher: the teacher's logits are the mean of those of the image and of its
+            left-right mirror (seg mirrored back), as ``test_time_flip`` infers; its stage features
+            stay the plain view's. One more teacher forward per batch.
 
     Raises:
         ValueError: the two networks' stages differ in number or map size, or their prompt
@@ -104,9 +107,14 @@ class DistillationNetwork(nn.Module):
     """
 
     def __init__(
-        self, student: PerceptGuide, teacher: PerceptGuide, level_weights: Sequence[float] = LEVEL_WEIGHTS
+        self,
+        student: PerceptGuide,
+        teacher: PerceptGuide,
+        level_weights: Sequence[float] = LEVEL_WEIGHTS,
+        mirrored_teacher: bool = False,
     ) -> None:
         super().__init__()
+        self.mirrored_teacher = bool(mirrored_teacher)
         for name in ("prompt_sizes", "img_size", "in_channels"):
             if getattr(student, name) != getattr(teacher, name):
                 raise ValueError(
@@ -169,6 +177,11 @@ class DistillationNetwork(nn.Module):
         with torch.no_grad():
             teacher_seg, teacher_cls = self.teacher(image, prompts)
             teacher_features = self.teacher_stages.take()
+            if self.mirrored_teacher:
+                mirrored_seg, mirrored_cls = self.teacher(torch.flip(image, dims=(-1,)), prompts)
+                self.teacher_stages.take()
+                teacher_seg = (teacher_seg + torch.flip(mirrored_seg, dims=(-1,))) / 2
+                teacher_cls = (teacher_cls + mirrored_cls) / 2
         seg, cls = self.student(image, prompts)
         mapped = [projection(tokens) for projection, tokens in zip(self.maps, self.student_stages.take())]
         return seg, cls, TeacherSignals(teacher_seg, teacher_cls, mapped, teacher_features, self.weights)

@@ -10,7 +10,8 @@ unlabelled images of ``unlabelled_dirs`` too):
   tokens, mapped linearly to the teacher's width, and the teacher's
   (:class:`~bundle.networks.distillation.DistillationNetwork`).
 
-Each term has its own weight; 0 switches it off.
+Each term has its own weight; 0 switches it off. ``distill_mirrored_teacher`` makes the teacher's
+logits the mean over the image and its mirror (what ``test_time_flip`` would infer).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from bundle.flags import as_flag
 from bundle.networks.distillation import DistillationNetwork, TeacherSignals
 from bundle.networks.model_file import BundleCheckpoint
 from bundle.workflows.consistency import rows_where, unlabelled_pool
@@ -113,11 +115,14 @@ class DistillationLoss(nn.Module):
         return loss
 
 
-def distillation_network(student: nn.Module, teacher: BundleCheckpoint, device: torch.device | str) -> DistillationNetwork:
+def distillation_network(
+    student: nn.Module, teacher: BundleCheckpoint, device: torch.device | str, mirrored_teacher: bool | str = False
+) -> DistillationNetwork:
     """The trainer's network: ``student`` beside the frozen teacher built from the ``teacher`` checkpoint
-    (the one distill.yaml has read for its vocabulary and input size)."""
+    (the one distill.yaml has read for its vocabulary and input size); ``mirrored_teacher``
+    (``distill_mirrored_teacher``) makes the teacher's logits those of its mirrored-view mean."""
     teacher_network = teacher.build().to(device)
-    network = DistillationNetwork(student, teacher_network)
+    network = DistillationNetwork(student, teacher_network, mirrored_teacher=as_flag(mirrored_teacher, "distill_mirrored_teacher"))
     logger.info(
         "distilling %s (%.2f M parameters) into a student of %.2f M, %d stages aligned",
         teacher.source,
